@@ -1,0 +1,94 @@
+#pragma once
+// A server-to-client WebSocket frame, encoded once and shared by reference
+// by every connection it is queued to (a broadcast costs one encode, not one
+// per recipient). The reference count is not atomic: a frame lives on one
+// event-loop thread.
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <string_view>
+#include <utility>
+
+namespace wsgate {
+
+enum class Opcode : uint8_t { text = 0x1, binary = 0x2, close = 0x8, ping = 0x9, pong = 0xA };
+
+// Header bytes of an unmasked server frame carrying payload_bytes.
+constexpr size_t frame_header_bytes(size_t payload_bytes) {
+  return payload_bytes < 126 ? 2 : payload_bytes <= 0xFFFF ? 4 : 10;
+}
+
+// Writes the header of a final, unmasked frame into out (>= 10 bytes) and
+// returns its length. Server frames are never masked (RFC 6455 5.1).
+size_t encode_frame_header(uint8_t* out, Opcode op, size_t payload_bytes);
+
+class FrameRef;
+
+// The shared buffer: header and payload contiguous, so one iovec sends it.
+class Frame {
+ public:
+  const uint8_t* data() const { return bytes_ + offset_; }
+  uint32_t size() const { return size_; }
+  std::string_view view() const { return {reinterpret_cast<const char*>(data()), size_}; }
+  uint32_t refs() const { return refs_; }
+
+ private:
+  friend class FrameRef;
+  friend class FrameBuilder;
+  uint32_t refs_ = 0;
+  uint32_t size_ = 0;     // bytes from data()
+  uint32_t offset_ = 0;   // where the header starts in bytes_
+  uint8_t bytes_[1];  // really capacity_ bytes: allocated with the header
+};
+
+// Owning handle to a Frame; copying it shares the frame.
+class FrameRef {
+ public:
+  FrameRef() = default;
+  explicit FrameRef(Frame* f) : f_(f) { if (f_) ++f_->refs_; }
+  FrameRef(const FrameRef& o) : FrameRef(o.f_) {}
+  FrameRef(FrameRef&& o) noexcept : f_(std::exchange(o.f_, nullptr)) {}
+  FrameRef& operator=(FrameRef o) noexcept { std::swap(f_, o.f_); return *this; }
+  ~FrameRef() { release(); }
+
+  const Frame* get() const { return f_; }
+  const Frame* operator->() const { return f_; }
+  explicit operator bool() const { return f_ != nullptr; }
+
+  // A frame holding exactly these bytes (already framed), e.g. a control
+  // frame wslay produced.
+  static FrameRef copy_of(const uint8_t* bytes, size_t n);
+  // A final frame with this opcode and payload.
+  static FrameRef encode(Opcode op, std::string_view payload);
+
+ private:
+  void release();
+  Frame* f_ = nullptr;
+};
+
+// Builds one text frame from pieces without an intermediate copy: reserve
+// the largest payload, append pieces, then finish() writes the header in
+// front of what was appended. The header slot is sized for the reserve, so
+// the header may start a few bytes into the allocation; Frame::data()
+// accounts for it.
+class FrameBuilder {
+ public:
+  explicit FrameBuilder(size_t max_payload_bytes);
+  ~FrameBuilder();
+  FrameBuilder(const FrameBuilder&) = delete;
+  FrameBuilder& operator=(const FrameBuilder&) = delete;
+
+  void append(std::string_view s);
+  // Appends s as a JSON string literal (quotes and escapes included).
+  void append_json_string(std::string_view s);
+  size_t payload_size() const { return len_; }
+  FrameRef finish(Opcode op = Opcode::text);
+
+ private:
+  Frame* f_;
+  size_t header_slot_;
+  size_t len_ = 0;
+  size_t max_;
+};
+
+}  // namespace wsgate

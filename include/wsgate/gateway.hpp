@@ -1,0 +1,132 @@
+#pragma once
+// The gateway core: who is connected, where a message goes, heartbeats and
+// limits. It does no I/O and reads no clock. A driver (the io_uring server,
+// the simulator) feeds it events through the handle_* calls, with the time,
+// and carries out what it asks through the poll_* calls:
+//
+//   handle_open / handle_text / handle_binary / handle_activity /
+//   handle_closed / handle_tick          (what happened)
+//   outbox(id) + take_dirty()            (bytes to write, per connection)
+//   take_closes()                        (connections to close, with code)
+//   next_tick_ms()                       (when to call handle_tick next)
+//
+// Protocol v1 (DESIGN.md) is implemented here, JSON parsed with simdjson.
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "wsgate/admission.hpp"
+#include "wsgate/conn_id.hpp"
+#include "wsgate/frame.hpp"
+#include "wsgate/limits.hpp"
+#include "wsgate/metrics.hpp"
+#include "wsgate/outbox.hpp"
+
+namespace wsgate {
+
+class MessageParser;
+
+struct CloseRequest {
+  ConnId id;
+  CloseCode code;
+  std::string_view reason;  // static text
+};
+
+struct GatewayConfig {
+  std::string node_id = "wsgate";
+  Limits limits;
+};
+
+class Gateway {
+ public:
+  explicit Gateway(GatewayConfig config);
+  ~Gateway();
+  Gateway(const Gateway&) = delete;
+  Gateway& operator=(const Gateway&) = delete;
+
+  // --- events -------------------------------------------------------------
+
+  // An upgrade request arrived from ip (raw address bytes). Decides before
+  // the 101 whether the connection may be opened at all.
+  Admission handle_upgrade_request(std::string_view ip, uint64_t now_ms);
+
+  // The upgrade completed. An empty user_id means the identity is missing:
+  // the connection is opened and a close 4001 is requested at once, as the
+  // protocol says. Never fails: admission was decided before.
+  ConnId handle_open(std::string_view user_id, uint64_t now_ms);
+
+  // A complete text message (wslay reassembled it and checked UTF-8).
+  void handle_text(ConnId id, std::string_view payload, uint64_t now_ms);
+  // A complete binary message: not part of protocol v1, close 1003.
+  void handle_binary(ConnId id, uint64_t now_ms);
+  // Any bytes arrived (data, ping, pong): the peer is alive.
+  void handle_activity(ConnId id, uint64_t now_ms);
+  // The socket is gone (after a close handshake or not). Frees the slot;
+  // the id is stale from here on.
+  void handle_closed(ConnId id);
+  // Time passed: heartbeats, idle timeouts, rate-limit windows.
+  void handle_tick(uint64_t now_ms);
+
+  // --- effects ------------------------------------------------------------
+
+  // Connections whose outbox gained bytes since the last call, each once.
+  // Stale ids (closed since) are filtered out by the caller with is_open().
+  std::vector<ConnId> take_dirty();
+  // Closes requested since the last call. After a close request the
+  // connection gets no more data frames; its outbox still drains.
+  std::vector<CloseRequest> take_closes();
+  Outbox& outbox(ConnId id);
+  // Bytes the driver must write for a connection outside the protocol
+  // (wslay's control frames: pong, close echo). Counts towards the limit.
+  void push_control(ConnId id, const uint8_t* bytes, size_t n);
+  // The driver wrote n bytes of the outbox.
+  void handle_sent(ConnId id, size_t n);
+  uint64_t next_tick_ms() const { return next_heartbeat_ms_; }
+
+  // --- state --------------------------------------------------------------
+
+  bool is_open(ConnId id) const;
+  // True once a close was requested for this connection.
+  bool is_closing(ConnId id) const;
+  std::string_view user_of(ConnId id) const;
+  size_t connection_count() const { return open_count_; }
+  size_t user_count() const { return users_.size(); }
+  size_t connections_of(std::string_view user_id) const;
+  const GatewayConfig& config() const { return config_; }
+  Metrics& metrics() { return metrics_; }
+  const Metrics& metrics() const { return metrics_; }
+  std::string render_health() const;
+
+ private:
+  struct Slot;
+  struct User;
+  Slot* slot(ConnId id);
+  const Slot* slot(ConnId id) const;
+  void request_close(ConnId id, CloseCode code, std::string_view reason);
+  void enqueue(ConnId id, Slot& s, const FrameRef& f, MessageType type);
+  void send_error(ConnId id, std::string_view message);
+  void route_to_user(std::string_view user_id, const FrameRef& f);
+  void broadcast(const FrameRef& f);
+  void attach_to_user(uint32_t index, std::string_view user_id);
+  void detach_from_user(uint32_t index);
+  void run_heartbeat(uint64_t now_ms);
+
+  GatewayConfig config_;
+  Metrics metrics_;
+  AdmissionControl admission_;
+  std::unique_ptr<MessageParser> parser_;
+  std::vector<Slot> slots_;
+  std::vector<uint32_t> free_slots_;
+  // user id -> the user's connections (an intrusive list through slots_)
+  std::unordered_map<std::string, User> users_;
+  std::vector<ConnId> dirty_;
+  std::vector<CloseRequest> closes_;
+  size_t open_count_ = 0;
+  uint64_t next_heartbeat_ms_ = 0;
+  FrameRef ping_frame_;
+};
+
+}  // namespace wsgate

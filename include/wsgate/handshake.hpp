@@ -1,0 +1,59 @@
+#pragma once
+// The HTTP/1.1 side of a connection: parsing the request head, the RFC 6455
+// section 4.2 upgrade checks, and the responses. Pure functions over bytes;
+// the driver owns the socket and the buffer.
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace wsgate {
+
+// Views into the caller's buffer; valid while it is.
+struct RequestHead {
+  std::string_view method;
+  std::string_view path;   // target before '?'
+  std::string_view query;  // after '?', without it; may be empty
+  std::string_view upgrade;     // header values, trimmed; empty if absent
+  std::string_view connection;
+  std::string_view websocket_key;
+  std::string_view websocket_version;
+  std::string_view origin;
+  std::string_view host;
+  size_t head_bytes = 0;  // through the blank line that ends the head
+};
+
+enum class HeadStatus : uint8_t { incomplete, complete, too_large, malformed };
+
+// Parses an HTTP/1.1 request head from the start of buf. incomplete: need
+// more bytes (and buf is still under max_header_bytes). A head larger than
+// max_header_bytes is too_large even if it is not complete yet.
+HeadStatus parse_request_head(std::string_view buf, size_t max_header_bytes, RequestHead& out);
+
+// Result of the RFC 6455 4.2.1 checks on a request for the WebSocket path.
+struct UpgradeCheck {
+  uint16_t status = 0;          // 0: acceptable; else 400, 405 or 426
+  std::string_view reason;      // short, for the response body and the log
+  bool ok() const { return status == 0; }
+};
+UpgradeCheck check_upgrade(const RequestHead& head);
+
+// True if the comma-separated token list contains token (case-insensitive),
+// as `Connection: keep-alive, Upgrade` must match "upgrade".
+bool header_has_token(std::string_view list, std::string_view token);
+
+// The value of name in an application/x-www-form-urlencoded query string,
+// percent-decoded ('+' is a space). nullopt if absent or badly encoded.
+std::optional<std::string> query_param(std::string_view query, std::string_view name);
+
+// base64(SHA-1(key + RFC 6455 GUID)), 28 characters.
+std::string websocket_accept(std::string_view key);
+
+// The complete 101 response for a validated upgrade.
+std::string switching_protocols_response(std::string_view websocket_key);
+
+// A complete HTTP/1.1 response with Content-Length and Connection: close.
+// 426 responses carry Sec-WebSocket-Version: 13 (RFC 6455 4.4).
+std::string http_response(uint16_t status, std::string_view content_type, std::string_view body);
+
+}  // namespace wsgate

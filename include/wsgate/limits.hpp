@@ -1,0 +1,56 @@
+#pragma once
+// Every limit of a node in one place, units last. Each has a flag and an
+// environment variable (server/options.cpp) and a test that hits it.
+#include <cstdint>
+
+namespace wsgate {
+
+struct Limits {
+  // Established WebSocket connections per node; the next upgrade gets 503.
+  uint32_t max_connections = 100000;
+  // New connections one client IP may open per window; the next gets 429.
+  uint32_t max_connections_per_ip = 100;
+  uint32_t ip_window_ms = 60000;
+  // Distinct client IPs tracked by the rate limiter. When full of live
+  // windows, new IPs are refused (429) rather than let through untracked.
+  uint32_t max_tracked_ips = 65536;
+  // Largest text message accepted (after reassembly); above it: close 1009.
+  uint32_t max_message_bytes = 64 * 1024;
+  // Bytes queued to one connection and not yet written to its socket.
+  // Past it the connection is a slow consumer: close 1008, counted.
+  uint32_t send_queue_max_bytes = 1024 * 1024;
+  // The server pings every interval; a connection that sent nothing for the
+  // idle timeout is closed. Detection happens at the next heartbeat tick, so
+  // a dead peer is closed between idle_timeout_ms and idle_timeout_ms +
+  // heartbeat_interval_ms after its last byte.
+  uint32_t heartbeat_interval_ms = 30000;
+  uint32_t idle_timeout_ms = 60000;
+  // HTTP request head (request line + headers) before the upgrade.
+  uint32_t max_header_bytes = 8192;
+  // From accept to a complete request head (slowloris).
+  uint32_t handshake_timeout_ms = 5000;
+  // After we send a close frame, how long we wait for the peer's.
+  uint32_t close_timeout_ms = 2000;
+  // SIGTERM: after close frames go out, the longest we wait before exit.
+  uint32_t shutdown_timeout_ms = 5000;
+  // Longest user id accepted from the query string (bytes, decoded).
+  uint32_t max_user_id_bytes = 256;
+};
+
+// Frames and outboxes carry payload sizes in 32 bits.
+static_assert(sizeof(Limits::max_message_bytes) == 4);
+inline constexpr uint32_t frame_header_max_bytes = 10;
+// Reply overhead: {"type":"message","from":<escaped id>,"content":...}
+inline constexpr uint32_t json_escape_expansion = 6;  // \u00XX per byte
+
+constexpr bool limits_are_consistent(const Limits& l) {
+  return l.max_connections > 0 && l.max_message_bytes > 0 &&
+         l.heartbeat_interval_ms > 0 && l.idle_timeout_ms >= l.heartbeat_interval_ms &&
+         l.ip_window_ms > 0 && l.max_header_bytes >= 256 && l.max_tracked_ips > 0 &&
+         // one largest reply must fit in a queue, or nothing could be sent
+         uint64_t(l.send_queue_max_bytes) >= uint64_t(l.max_message_bytes) + 64 +
+             uint64_t(l.max_user_id_bytes) * json_escape_expansion;
+}
+static_assert(limits_are_consistent(Limits{}));
+
+}  // namespace wsgate
