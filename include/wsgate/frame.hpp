@@ -35,6 +35,8 @@ class Frame {
  private:
   friend class FrameRef;
   friend class FrameBuilder;
+  // Room for the fields and `bytes` bytes, in one malloc.
+  static Frame* allocate(size_t bytes);
   uint32_t refs_ = 0;
   uint32_t size_ = 0;     // bytes from data()
   uint32_t offset_ = 0;   // where the header starts in bytes_

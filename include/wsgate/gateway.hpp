@@ -14,6 +14,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <functional>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
@@ -33,6 +34,12 @@ struct CloseRequest {
   ConnId id;
   CloseCode code;
   std::string_view reason;  // static text
+};
+
+// Lets users_ be searched with a string_view (no std::string per lookup).
+struct StringHash {
+  using is_transparent = void;
+  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
 };
 
 struct GatewayConfig {
@@ -106,7 +113,9 @@ class Gateway {
   Slot* slot(ConnId id);
   const Slot* slot(ConnId id) const;
   void request_close(ConnId id, CloseCode code, std::string_view reason);
-  void enqueue(ConnId id, Slot& s, const FrameRef& f, MessageType type);
+  // Queues f to a connection, or closes it as a slow consumer if that would
+  // pass send_queue_max_bytes. counted: the type for messages_out_total.
+  void enqueue(ConnId id, Slot& s, const FrameRef& f, const MessageType* counted);
   void send_error(ConnId id, std::string_view message);
   void route_to_user(std::string_view user_id, const FrameRef& f);
   void broadcast(const FrameRef& f);
@@ -121,12 +130,14 @@ class Gateway {
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_slots_;
   // user id -> the user's connections (an intrusive list through slots_)
-  std::unordered_map<std::string, User> users_;
+  using UserMap = std::unordered_map<std::string, User, StringHash, std::equal_to<>>;
+  UserMap users_;
   std::vector<ConnId> dirty_;
   std::vector<CloseRequest> closes_;
   size_t open_count_ = 0;
   uint64_t next_heartbeat_ms_ = 0;
   FrameRef ping_frame_;
+  FrameRef pong_frame_;
 };
 
 }  // namespace wsgate

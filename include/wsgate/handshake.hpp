@@ -14,6 +14,7 @@ struct RequestHead {
   std::string_view method;
   std::string_view path;   // target before '?'
   std::string_view query;  // after '?', without it; may be empty
+  std::string_view version;  // "HTTP/1.1" or "HTTP/1.0"
   std::string_view upgrade;     // header values, trimmed; empty if absent
   std::string_view connection;
   std::string_view websocket_key;

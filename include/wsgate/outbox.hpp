@@ -25,6 +25,9 @@ class Outbox {
   // n bytes were written to the socket.
   void consume(size_t n);
   void clear();
+  // Drops every frame not yet started, keeping a partly written one so the
+  // byte stream stays well framed. Returns the bytes dropped.
+  size_t drop_unsent();
 
   bool empty() const { return head_ == frames_.size(); }
   size_t queued_bytes() const { return queued_bytes_; }

@@ -1,0 +1,86 @@
+// Shared server frames: one allocation holds the reference count, the
+// header and the payload, so a frame is one iovec and one free().
+#include "wsgate/frame.hpp"
+#include "wsgate/json_escape.hpp"
+
+#include <cassert>
+#include <cstddef>
+#include <cstdlib>
+#include <new>
+
+namespace wsgate {
+
+Frame* Frame::allocate(size_t bytes) {
+  void* p = std::malloc(offsetof(Frame, bytes_) + bytes);
+  if (!p) throw std::bad_alloc();
+  return new (p) Frame();
+}
+
+size_t encode_frame_header(uint8_t* out, Opcode op, size_t payload_bytes) {
+  out[0] = uint8_t(0x80 | uint8_t(op));  // FIN, no RSV bits
+  if (payload_bytes < 126) {
+    out[1] = uint8_t(payload_bytes);
+    return 2;
+  }
+  if (payload_bytes <= 0xFFFF) {
+    out[1] = 126;
+    out[2] = uint8_t(payload_bytes >> 8);
+    out[3] = uint8_t(payload_bytes);
+    return 4;
+  }
+  out[1] = 127;
+  for (int i = 0; i < 8; ++i) out[2 + i] = uint8_t(uint64_t(payload_bytes) >> (56 - 8 * i));
+  return 10;
+}
+
+void FrameRef::release() {
+  if (f_ && --f_->refs_ == 0) {
+    f_->~Frame();
+    std::free(f_);
+  }
+  f_ = nullptr;
+}
+
+FrameRef FrameRef::copy_of(const uint8_t* bytes, size_t n) {
+  Frame* f = Frame::allocate(n);
+  std::memcpy(f->bytes_, bytes, n);
+  f->size_ = uint32_t(n);
+  return FrameRef(f);
+}
+
+FrameRef FrameRef::encode(Opcode op, std::string_view payload) {
+  FrameBuilder b(payload.size());
+  b.append(payload);
+  return b.finish(op);
+}
+
+FrameBuilder::FrameBuilder(size_t max_payload_bytes)
+    : f_(Frame::allocate(frame_header_bytes(max_payload_bytes) + max_payload_bytes)),
+      header_slot_(frame_header_bytes(max_payload_bytes)),
+      max_(max_payload_bytes) {}
+
+FrameBuilder::~FrameBuilder() {
+  if (f_) std::free(f_);
+}
+
+void FrameBuilder::append(std::string_view s) {
+  assert(len_ + s.size() <= max_);
+  std::memcpy(f_->bytes_ + header_slot_ + len_, s.data(), s.size());
+  len_ += s.size();
+}
+
+void FrameBuilder::append_json_string(std::string_view s) {
+  assert(len_ + json_escaped_bytes(s) <= max_);
+  len_ += write_json_string(reinterpret_cast<char*>(f_->bytes_ + header_slot_ + len_), s);
+}
+
+FrameRef FrameBuilder::finish(Opcode op) {
+  const size_t header = frame_header_bytes(len_);
+  assert(header <= header_slot_);
+  f_->offset_ = uint32_t(header_slot_ - header);
+  encode_frame_header(f_->bytes_ + f_->offset_, op, len_);
+  f_->size_ = uint32_t(header + len_);
+  return FrameRef(std::exchange(f_, nullptr));
+}
+
+}  // namespace wsgate

@@ -1,0 +1,337 @@
+#include "wsgate/gateway.hpp"
+
+#include <cassert>
+
+#include "wsgate/json_escape.hpp"
+#include "wsgate/protocol.hpp"
+
+namespace wsgate {
+
+namespace {
+constexpr uint32_t no_slot = UINT32_MAX;
+// The fixed parts of the replies, around the escaped user id and content.
+constexpr std::string_view message_prefix = R"({"type":"message","from":)";
+constexpr std::string_view broadcast_prefix = R"({"type":"broadcast","from":)";
+constexpr std::string_view content_infix = R"(,"content":)";
+constexpr std::string_view error_prefix = R"({"type":"error","message":)";
+
+// {"type":...,"from":<from>,"content":<content>}: encoded once, whatever the
+// number of recipients.
+FrameRef encode_delivery(std::string_view prefix, std::string_view from, std::string_view content) {
+  FrameBuilder b(prefix.size() + json_escaped_bytes(from) + content_infix.size() + content.size() + 1);
+  b.append(prefix);
+  b.append_json_string(from);
+  b.append(content_infix);
+  b.append(content);
+  b.append("}");
+  return b.finish();
+}
+
+}  // namespace
+
+struct Gateway::User {
+  uint32_t first = no_slot;  // head of the list of this user's slots
+  uint32_t count = 0;
+};
+
+struct Gateway::Slot {
+  enum class State : uint8_t { free, open, closing };
+  uint32_t generation = 0;
+  State state = State::free;
+  bool dirty = false;  // already in dirty_
+  uint32_t prev_of_user = no_slot;
+  uint32_t next_of_user = no_slot;
+  UserMap::value_type* user = nullptr;  // map nodes are stable
+  uint64_t last_seen_ms = 0;
+  Outbox out;
+};
+
+Gateway::Gateway(GatewayConfig config)
+    : config_(std::move(config)),
+      admission_(config_.limits),
+      parser_(std::make_unique<MessageParser>(config_.limits.max_message_bytes)),
+      ping_frame_(FrameRef::encode(Opcode::ping, {})),
+      pong_frame_(FrameRef::encode(Opcode::text, R"({"type":"pong"})")) {
+  assert(limits_are_consistent(config_.limits));
+}
+
+Gateway::~Gateway() = default;
+
+Gateway::Slot* Gateway::slot(ConnId id) {
+  if (id.index >= slots_.size()) return nullptr;
+  Slot& s = slots_[id.index];
+  return s.generation == id.generation && s.state != Slot::State::free ? &s : nullptr;
+}
+
+const Gateway::Slot* Gateway::slot(ConnId id) const { return const_cast<Gateway*>(this)->slot(id); }
+
+bool Gateway::is_open(ConnId id) const { return slot(id) != nullptr; }
+
+bool Gateway::is_closing(ConnId id) const {
+  const Slot* s = slot(id);
+  return s && s->state == Slot::State::closing;
+}
+
+std::string_view Gateway::user_of(ConnId id) const {
+  const Slot* s = slot(id);
+  return s && s->user ? std::string_view(s->user->first) : std::string_view();
+}
+
+size_t Gateway::connections_of(std::string_view user_id) const {
+  auto it = users_.find(user_id);
+  return it == users_.end() ? 0 : it->second.count;
+}
+
+Admission Gateway::handle_upgrade_request(std::string_view ip, uint64_t now_ms) {
+  return admission_.admit(ip, open_count_, now_ms);
+}
+
+ConnId Gateway::handle_open(std::string_view user_id, uint64_t now_ms) {
+  uint32_t index;
+  if (!free_slots_.empty()) {
+    index = free_slots_.back();
+    free_slots_.pop_back();
+  } else {
+    index = uint32_t(slots_.size());
+    slots_.emplace_back();
+  }
+  Slot& s = slots_[index];
+  assert(s.state == Slot::State::free && s.out.empty() && !s.user);
+  s.state = Slot::State::open;
+  s.last_seen_ms = now_ms;
+  const ConnId id{index, s.generation};
+  ++open_count_;
+  ++metrics_.connections_open;
+  ++metrics_.connections_accepted_total;
+  if (next_heartbeat_ms_ == 0) next_heartbeat_ms_ = now_ms + config_.limits.heartbeat_interval_ms;
+
+  if (user_id.empty()) {
+    request_close(id, CloseCode::missing_identity, "missing user_id");
+  } else if (user_id.size() > config_.limits.max_user_id_bytes) {
+    request_close(id, CloseCode::missing_identity, "user_id too long");
+  } else {
+    attach_to_user(index, user_id);
+  }
+  return id;
+}
+
+void Gateway::attach_to_user(uint32_t index, std::string_view user_id) {
+  auto it = users_.find(user_id);
+  if (it == users_.end()) it = users_.emplace(std::string(user_id), User{}).first;
+  Slot& s = slots_[index];
+  User& u = it->second;
+  s.user = &*it;
+  s.prev_of_user = no_slot;
+  s.next_of_user = u.first;
+  if (u.first != no_slot) slots_[u.first].prev_of_user = index;
+  u.first = index;
+  ++u.count;
+}
+
+void Gateway::detach_from_user(uint32_t index) {
+  Slot& s = slots_[index];
+  if (!s.user) return;
+  User& u = s.user->second;
+  if (s.prev_of_user != no_slot) slots_[s.prev_of_user].next_of_user = s.next_of_user;
+  else u.first = s.next_of_user;
+  if (s.next_of_user != no_slot) slots_[s.next_of_user].prev_of_user = s.prev_of_user;
+  assert(u.count > 0);
+  if (--u.count == 0) {
+    assert(u.first == no_slot);
+    users_.erase(s.user->first);
+  }
+  s.user = nullptr;
+  s.prev_of_user = s.next_of_user = no_slot;
+}
+
+void Gateway::handle_text(ConnId id, std::string_view payload, uint64_t now_ms) {
+  Slot* s = slot(id);
+  if (!s) return;
+  s->last_seen_ms = now_ms;
+  // After a close was requested the connection is on its way out; what it
+  // still sends is not acted on (RFC 6455 5.5.1 allows ignoring it).
+  if (s->state != Slot::State::open) return;
+
+  const ParseResult r = parser_->parse(payload);
+  if (!r.ok) {
+    ++metrics_.messages_invalid_total;
+    send_error(id, r.error);
+    return;
+  }
+  const std::string_view from = s->user->first;
+  switch (r.message.kind) {
+    case ClientMessageKind::ping: {
+      ++metrics_.messages_in_total[size_t(MessageType::ping)];
+      const MessageType t = MessageType::pong;
+      enqueue(id, *s, pong_frame_, &t);
+      return;
+    }
+    case ClientMessageKind::send_message: {
+      ++metrics_.messages_in_total[size_t(MessageType::send_message)];
+      route_to_user(r.message.target_user, encode_delivery(message_prefix, from, r.message.content));
+      return;
+    }
+    case ClientMessageKind::broadcast: {
+      ++metrics_.messages_in_total[size_t(MessageType::broadcast)];
+      broadcast(encode_delivery(broadcast_prefix, from, r.message.content));
+      return;
+    }
+  }
+}
+
+void Gateway::handle_binary(ConnId id, uint64_t now_ms) {
+  Slot* s = slot(id);
+  if (!s) return;
+  s->last_seen_ms = now_ms;
+  ++metrics_.protocol_error_closes_total;
+  request_close(id, CloseCode::unsupported_data, "binary messages are not supported");
+}
+
+void Gateway::handle_activity(ConnId id, uint64_t now_ms) {
+  if (Slot* s = slot(id)) s->last_seen_ms = now_ms;
+}
+
+void Gateway::handle_closed(ConnId id) {
+  Slot* s = slot(id);
+  if (!s) return;
+  detach_from_user(id.index);
+  s->out.clear();
+  s->state = Slot::State::free;
+  s->dirty = false;
+  ++s->generation;  // every id held for the old connection is now stale
+  free_slots_.push_back(id.index);
+  assert(open_count_ > 0);
+  --open_count_;
+  --metrics_.connections_open;
+}
+
+void Gateway::handle_tick(uint64_t now_ms) {
+  if (next_heartbeat_ms_ == 0) {
+    next_heartbeat_ms_ = now_ms + config_.limits.heartbeat_interval_ms;
+    return;
+  }
+  if (now_ms < next_heartbeat_ms_) return;
+  run_heartbeat(now_ms);
+  admission_.expire(now_ms);
+  next_heartbeat_ms_ = now_ms + config_.limits.heartbeat_interval_ms;
+}
+
+// Once per heartbeat interval: close what has been silent for the idle
+// timeout, ping the rest. A pong (or anything else) counts as a sign of
+// life, so a healthy client is never closed here.
+void Gateway::run_heartbeat(uint64_t now_ms) {
+  for (uint32_t i = 0; i < slots_.size(); ++i) {
+    Slot& s = slots_[i];
+    if (s.state != Slot::State::open) continue;
+    const ConnId id{i, s.generation};
+    if (now_ms - s.last_seen_ms >= config_.limits.idle_timeout_ms) {
+      ++metrics_.heartbeat_timeouts_total;
+      request_close(id, CloseCode::going_away, "idle timeout");
+    } else {
+      enqueue(id, s, ping_frame_, nullptr);
+    }
+  }
+}
+
+void Gateway::enqueue(ConnId id, Slot& s, const FrameRef& f, const MessageType* counted) {
+  if (s.state != Slot::State::open) return;
+  if (s.out.queued_bytes() + f->size() > config_.limits.send_queue_max_bytes) {
+    ++metrics_.slow_consumer_closes_total;
+    // What it has not started to receive is dropped now, so its memory is
+    // returned at once and the close frame is next in line.
+    s.out.drop_unsent();
+    request_close(id, CloseCode::policy_violation, "slow consumer");
+    return;
+  }
+  s.out.push(f);
+  if (counted) ++metrics_.messages_out_total[size_t(*counted)];
+  if (!s.dirty) {
+    s.dirty = true;
+    dirty_.push_back(id);
+  }
+}
+
+void Gateway::send_error(ConnId id, std::string_view message) {
+  Slot* s = slot(id);
+  if (!s) return;
+  FrameBuilder b(error_prefix.size() + json_escaped_bytes(message) + 1);
+  b.append(error_prefix);
+  b.append_json_string(message);
+  b.append("}");
+  const MessageType t = MessageType::error;
+  enqueue(id, *s, b.finish(), &t);
+}
+
+void Gateway::route_to_user(std::string_view user_id, const FrameRef& f) {
+  auto it = users_.find(user_id);
+  if (it == users_.end()) {
+    ++metrics_.messages_undeliverable_total;
+    return;
+  }
+  const MessageType t = MessageType::message;
+  // enqueue may close a slow consumer, which leaves the list intact (the
+  // slot is detached only in handle_closed), so walking it stays safe.
+  for (uint32_t i = it->second.first; i != no_slot; i = slots_[i].next_of_user)
+    enqueue(ConnId{i, slots_[i].generation}, slots_[i], f, &t);
+}
+
+void Gateway::broadcast(const FrameRef& f) {
+  const MessageType t = MessageType::broadcast;
+  for (uint32_t i = 0; i < slots_.size(); ++i)
+    if (slots_[i].state == Slot::State::open) enqueue(ConnId{i, slots_[i].generation}, slots_[i], f, &t);
+}
+
+void Gateway::request_close(ConnId id, CloseCode code, std::string_view reason) {
+  Slot* s = slot(id);
+  if (!s || s->state != Slot::State::open) return;
+  s->state = Slot::State::closing;
+  closes_.push_back(CloseRequest{id, code, reason});
+}
+
+std::vector<ConnId> Gateway::take_dirty() {
+  std::vector<ConnId> out;
+  out.swap(dirty_);
+  for (ConnId id : out)
+    if (Slot* s = slot(id)) s->dirty = false;
+  return out;
+}
+
+std::vector<CloseRequest> Gateway::take_closes() {
+  std::vector<CloseRequest> out;
+  out.swap(closes_);
+  return out;
+}
+
+Outbox& Gateway::outbox(ConnId id) {
+  Slot* s = slot(id);
+  assert(s);
+  return s->out;
+}
+
+void Gateway::push_control(ConnId id, const uint8_t* bytes, size_t n) {
+  Slot* s = slot(id);
+  if (!s) return;
+  s->out.push(FrameRef::copy_of(bytes, n));
+  if (!s->dirty) {
+    s->dirty = true;
+    dirty_.push_back(id);
+  }
+}
+
+void Gateway::handle_sent(ConnId id, size_t n) {
+  Slot* s = slot(id);
+  if (!s) return;
+  s->out.consume(n);
+  metrics_.bytes_out_total += n;
+}
+
+std::string Gateway::render_health() const {
+  std::string out = R"({"status":"ok","node_id":)";
+  append_json_string(out, config_.node_id);
+  out += R"(,"connections":)";
+  out += std::to_string(open_count_);
+  out += '}';
+  return out;
+}
+
+}  // namespace wsgate

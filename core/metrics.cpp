@@ -1,0 +1,103 @@
+#include "wsgate/metrics.hpp"
+
+#include <string_view>
+
+namespace wsgate {
+
+const char* reject_reason_name(RejectReason r) {
+  switch (r) {
+    case RejectReason::bad_request: return "bad_request";
+    case RejectReason::bad_version: return "bad_version";
+    case RejectReason::header_too_large: return "header_too_large";
+    case RejectReason::handshake_timeout: return "handshake_timeout";
+    case RejectReason::too_many_connections: return "too_many_connections";
+    case RejectReason::rate_limited: return "rate_limited";
+    case RejectReason::not_found: return "not_found";
+    case RejectReason::count_: break;
+  }
+  return "unknown";
+}
+
+const char* message_type_name(MessageType t) {
+  switch (t) {
+    case MessageType::ping: return "ping";
+    case MessageType::pong: return "pong";
+    case MessageType::send_message: return "send_message";
+    case MessageType::message: return "message";
+    case MessageType::broadcast: return "broadcast";
+    case MessageType::error: return "error";
+    case MessageType::count_: break;
+  }
+  return "unknown";
+}
+
+namespace {
+
+// Label values come from our own enums and the node id; the node id is the
+// only free text, so it alone is escaped.
+void append_escaped_label(std::string& out, std::string_view v) {
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') { out += "\\n"; continue; }
+    out += c;
+  }
+}
+
+struct Writer {
+  std::string& out;
+  std::string_view node;
+  void header(const char* name, const char* type, const char* help) {
+    out += "# HELP "; out += name; out += ' '; out += help; out += '\n';
+    out += "# TYPE "; out += name; out += ' '; out += type; out += '\n';
+  }
+  void sample(const char* name, uint64_t v, const char* label = nullptr, const char* value = nullptr) {
+    out += name;
+    out += "{node_id=\"";
+    append_escaped_label(out, node);
+    out += '"';
+    if (label) { out += ','; out += label; out += "=\""; out += value; out += '"'; }
+    out += "} ";
+    out += std::to_string(v);
+    out += '\n';
+  }
+};
+
+}  // namespace
+
+std::string Metrics::render_prometheus(std::string_view node_id) const {
+  std::string out;
+  out.reserve(4096);
+  Writer w{out, node_id};
+  w.header("wsgate_connections_open", "gauge", "WebSocket connections currently open.");
+  w.sample("wsgate_connections_open", connections_open);
+  w.header("wsgate_connections_accepted_total", "counter", "WebSocket upgrades completed.");
+  w.sample("wsgate_connections_accepted_total", connections_accepted_total);
+  w.header("wsgate_connections_rejected_total", "counter", "Connections refused or dropped before the upgrade, by reason.");
+  for (size_t i = 0; i < size_t(RejectReason::count_); ++i)
+    w.sample("wsgate_connections_rejected_total", connections_rejected_total[i], "reason", reject_reason_name(RejectReason(i)));
+  w.header("wsgate_messages_in_total", "counter", "Protocol messages received, by type.");
+  for (size_t i = 0; i < size_t(MessageType::count_); ++i)
+    if (MessageType(i) == MessageType::ping || MessageType(i) == MessageType::send_message || MessageType(i) == MessageType::broadcast)
+      w.sample("wsgate_messages_in_total", messages_in_total[i], "type", message_type_name(MessageType(i)));
+  w.header("wsgate_messages_out_total", "counter", "Protocol messages queued to connections, by type (a broadcast counts once per recipient).");
+  for (size_t i = 0; i < size_t(MessageType::count_); ++i)
+    if (MessageType(i) != MessageType::ping && MessageType(i) != MessageType::send_message)
+      w.sample("wsgate_messages_out_total", messages_out_total[i], "type", message_type_name(MessageType(i)));
+  w.header("wsgate_messages_invalid_total", "counter", "Messages answered with an error: bad JSON, unknown type, missing field.");
+  w.sample("wsgate_messages_invalid_total", messages_invalid_total);
+  w.header("wsgate_messages_undeliverable_total", "counter", "Direct messages whose target user was not connected (dropped).");
+  w.sample("wsgate_messages_undeliverable_total", messages_undeliverable_total);
+  w.header("wsgate_bytes_in_total", "counter", "Bytes read from client sockets.");
+  w.sample("wsgate_bytes_in_total", bytes_in_total);
+  w.header("wsgate_bytes_out_total", "counter", "Bytes written to client sockets.");
+  w.sample("wsgate_bytes_out_total", bytes_out_total);
+  w.header("wsgate_slow_consumer_closes_total", "counter", "Connections closed (1008) because their send queue passed send_queue_max_bytes.");
+  w.sample("wsgate_slow_consumer_closes_total", slow_consumer_closes_total);
+  w.header("wsgate_heartbeat_timeouts_total", "counter", "Connections closed because nothing arrived within idle_timeout_ms.");
+  w.sample("wsgate_heartbeat_timeouts_total", heartbeat_timeouts_total);
+  w.header("wsgate_protocol_error_closes_total", "counter", "Connections closed for framing errors (1002, 1003, 1007, 1009).");
+  w.sample("wsgate_protocol_error_closes_total", protocol_error_closes_total);
+  return out;
+}
+
+}  // namespace wsgate

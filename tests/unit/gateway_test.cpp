@@ -1,0 +1,267 @@
+// The gateway core driven by events alone: no sockets, no threads, no clock.
+#include "wsgate/gateway.hpp"
+
+#include <gtest/gtest.h>
+
+#include "test_support.hpp"
+
+namespace wsgate {
+namespace {
+
+using test::drain;
+using test::texts;
+using Texts = std::vector<std::string>;
+
+GatewayConfig small_config() {
+  GatewayConfig c;
+  c.node_id = "node-a";
+  c.limits.heartbeat_interval_ms = 100;
+  c.limits.idle_timeout_ms = 300;
+  return c;
+}
+
+TEST(Gateway, PingGetsPong) {
+  Gateway gw(small_config());
+  ConnId a = gw.handle_open("alice", 0);
+  gw.handle_text(a, R"({"type":"ping"})", 1);
+  EXPECT_EQ(texts(gw, a), Texts{R"({"type":"pong"})"});
+  EXPECT_EQ(gw.metrics().messages_in_total[size_t(MessageType::ping)], 1u);
+  EXPECT_EQ(gw.metrics().messages_out_total[size_t(MessageType::pong)], 1u);
+}
+
+TEST(Gateway, DirectMessageReachesEveryConnectionOfTheTargetAndNobodyElse) {
+  Gateway gw(small_config());
+  ConnId a = gw.handle_open("alice", 0);
+  ConnId b1 = gw.handle_open("bob", 0);
+  ConnId b2 = gw.handle_open("bob", 0);
+  ConnId c = gw.handle_open("carol", 0);
+  gw.handle_text(a, R"({"type":"send_message","target_user":"bob","content":{"x":[1,2]}})", 1);
+  const Texts want{R"({"type":"message","from":"alice","content":{"x":[1,2]}})"};
+  EXPECT_EQ(texts(gw, b1), want);
+  EXPECT_EQ(texts(gw, b2), want);
+  EXPECT_TRUE(texts(gw, a).empty());
+  EXPECT_TRUE(texts(gw, c).empty());
+  EXPECT_EQ(gw.connections_of("bob"), 2u);
+}
+
+TEST(Gateway, ContentPassesThroughByteForByte) {
+  Gateway gw(small_config());
+  ConnId a = gw.handle_open("alice", 0);
+  ConnId b = gw.handle_open("bob", 0);
+  for (std::string content : {"1.50e3", "-0.0", R"("h\u00e9llo \"q\" 日本")", R"({ "a" : [ true , null ] , "b":{"c":"}"} })",
+                              "[]", "\"\"", "false", "-1234567890123456789", "1e300"}) {
+    gw.handle_text(a, R"({"type":"send_message", "target_user":"bob", "content": )" + content + " }", 1);
+    EXPECT_EQ(texts(gw, b), Texts{R"({"type":"message","from":"alice","content":)" + content + "}"}) << content;
+  }
+}
+
+TEST(Gateway, ContentMayComeBeforeTypeAndFieldsMayBeEscaped) {
+  Gateway gw(small_config());
+  ConnId a = gw.handle_open("alice", 0);
+  gw.handle_text(a, R"({"content":[1,"]"],"target_user":"alice","type":"send_message"})", 1);
+  gw.handle_text(a, R"({"type":"send_message","target_user":"alice","cont\u0065nt":7})", 1);
+  EXPECT_EQ(texts(gw, a), (Texts{R"({"type":"message","from":"alice","content":[1,"]"]})",
+                                 R"({"type":"message","from":"alice","content":7})"}));
+}
+
+TEST(Gateway, BroadcastReachesEveryConnectionOnceAndIsEncodedOnce) {
+  Gateway gw(small_config());
+  std::vector<ConnId> ids;
+  for (int i = 0; i < 50; ++i) ids.push_back(gw.handle_open("u" + std::to_string(i % 10), 0));
+  gw.handle_text(ids[3], R"({"type":"broadcast","content":"hi"})", 1);
+  // Every outbox holds the same frame object: one encode, shared.
+  ByteRange first[1], other[1];
+  ASSERT_EQ(gw.outbox(ids[0]).gather(first), 1u);
+  for (ConnId id : ids) {
+    ASSERT_EQ(gw.outbox(id).gather(other), 1u);
+    EXPECT_EQ(other[0].data, first[0].data);
+  }
+  for (ConnId id : ids) EXPECT_EQ(texts(gw, id), Texts{R"({"type":"broadcast","from":"u3","content":"hi"})"});
+  EXPECT_EQ(gw.metrics().messages_out_total[size_t(MessageType::broadcast)], 50u);
+}
+
+TEST(Gateway, UserIdIsEscapedInReplies) {
+  Gateway gw(small_config());
+  ConnId a = gw.handle_open("a\"b\\c\n", 0);
+  gw.handle_text(a, R"({"type":"broadcast","content":1})", 1);
+  EXPECT_EQ(texts(gw, a), Texts{R"({"type":"broadcast","from":"a\"b\\c\u000a","content":1})"});
+}
+
+struct BadInput {
+  const char* payload;
+  const char* error;
+};
+
+class GatewayErrors : public ::testing::TestWithParam<BadInput> {};
+
+TEST_P(GatewayErrors, AnswerWithAnErrorNamingTheProblem) {
+  Gateway gw(small_config());
+  ConnId a = gw.handle_open("alice", 0);
+  gw.handle_text(a, GetParam().payload, 1);
+  EXPECT_EQ(texts(gw, a), Texts{std::string(R"({"type":"error","message":")") + GetParam().error + "\"}"});
+  EXPECT_EQ(gw.metrics().messages_invalid_total, 1u);
+  EXPECT_FALSE(gw.is_closing(a));
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Protocol, GatewayErrors,
+    ::testing::Values(BadInput{"not json", "Invalid JSON"}, BadInput{"{\"type\":\"ping\"", "Invalid JSON"},
+                      BadInput{R"({"type":"ping"} x)", "Invalid JSON"},
+                      BadInput{R"({"type":"broadcast","content":{"a":tru}})", "Invalid JSON"},
+                      BadInput{"", "Invalid JSON"},
+                      BadInput{R"({"type":"broadcast","content":123456789012345678901234})",
+                               "Invalid JSON: bad or out-of-range number"}, BadInput{"[1,2]", "Message must be a JSON object"},
+                      BadInput{R"({"content":1})", "Missing field: type"},
+                      BadInput{R"({"type":5})", "Field type must be a string"},
+                      BadInput{R"({"type":"dance"})", "Unknown message type: dance"},
+                      BadInput{R"({"type":"send_message","content":1})", "Missing field: target_user"},
+                      BadInput{R"({"type":"send_message","target_user":1,"content":1})",
+                               "Field target_user must be a string"},
+                      BadInput{R"({"type":"send_message","target_user":"","content":1})",
+                               "Field target_user must not be empty"},
+                      BadInput{R"({"type":"send_message","target_user":"bob"})", "Missing field: content"},
+                      BadInput{R"({"type":"broadcast"})", "Missing field: content"}));
+
+TEST(Gateway, MessageToAbsentUserIsDroppedAndCounted) {
+  Gateway gw(small_config());
+  ConnId a = gw.handle_open("alice", 0);
+  gw.handle_text(a, R"({"type":"send_message","target_user":"nobody","content":1})", 1);
+  EXPECT_TRUE(texts(gw, a).empty());
+  EXPECT_EQ(gw.metrics().messages_undeliverable_total, 1u);
+}
+
+TEST(Gateway, MissingIdentityIsClosedWith4001) {
+  Gateway gw(small_config());
+  ConnId a = gw.handle_open("", 0);
+  auto closes = gw.take_closes();
+  ASSERT_EQ(closes.size(), 1u);
+  EXPECT_EQ(closes[0].id, a);
+  EXPECT_EQ(closes[0].code, CloseCode::missing_identity);
+  EXPECT_EQ(gw.user_count(), 0u);
+  // Nothing it sends is acted on.
+  gw.handle_text(a, R"({"type":"ping"})", 1);
+  EXPECT_TRUE(gw.outbox(a).empty());
+}
+
+TEST(Gateway, BinaryMessageIsClosedWith1003) {
+  Gateway gw(small_config());
+  ConnId a = gw.handle_open("alice", 0);
+  gw.handle_binary(a, 1);
+  auto closes = gw.take_closes();
+  ASSERT_EQ(closes.size(), 1u);
+  EXPECT_EQ(closes[0].code, CloseCode::unsupported_data);
+}
+
+TEST(Gateway, ClosedSlotIsReusedWithNewGenerationAndStaleIdsAreIgnored) {
+  Gateway gw(small_config());
+  ConnId a = gw.handle_open("alice", 0);
+  gw.handle_closed(a);
+  ConnId b = gw.handle_open("bob", 0);
+  EXPECT_EQ(a.index, b.index);
+  EXPECT_NE(a.generation, b.generation);
+  EXPECT_FALSE(gw.is_open(a));
+  gw.handle_text(a, R"({"type":"ping"})", 1);  // a late event for the old connection
+  gw.handle_closed(a);
+  EXPECT_TRUE(gw.is_open(b));
+  EXPECT_TRUE(gw.outbox(b).empty());
+  EXPECT_EQ(gw.connection_count(), 1u);
+}
+
+TEST(Gateway, DisconnectOfOneTabKeepsTheOthers) {
+  Gateway gw(small_config());
+  ConnId a = gw.handle_open("alice", 0);
+  ConnId b1 = gw.handle_open("bob", 0);
+  ConnId b2 = gw.handle_open("bob", 0);
+  ConnId b3 = gw.handle_open("bob", 0);
+  gw.handle_closed(b2);
+  gw.handle_text(a, R"({"type":"send_message","target_user":"bob","content":1})", 1);
+  EXPECT_EQ(texts(gw, b1).size(), 1u);
+  EXPECT_EQ(texts(gw, b3).size(), 1u);
+  gw.handle_closed(b1);
+  gw.handle_closed(b3);
+  EXPECT_EQ(gw.connections_of("bob"), 0u);
+  EXPECT_EQ(gw.user_count(), 1u);
+  gw.handle_closed(a);
+  EXPECT_EQ(gw.user_count(), 0u);
+  EXPECT_EQ(gw.connection_count(), 0u);
+}
+
+TEST(Gateway, HeartbeatPingsLiveConnectionsAndClosesSilentOnes) {
+  Gateway gw(small_config());  // ping every 100 ms, idle after 300 ms
+  gw.handle_tick(0);
+  ConnId quiet = gw.handle_open("q", 0);
+  ConnId chatty = gw.handle_open("c", 0);
+  EXPECT_EQ(gw.next_tick_ms(), 100u);
+  for (uint64_t t = 100; t <= 400; t += 100) {
+    gw.handle_activity(chatty, t - 1);  // e.g. its pong
+    gw.handle_tick(t);
+  }
+  auto closes = gw.take_closes();
+  ASSERT_EQ(closes.size(), 1u);
+  EXPECT_EQ(closes[0].id, quiet);
+  EXPECT_EQ(closes[0].code, CloseCode::going_away);
+  EXPECT_EQ(gw.metrics().heartbeat_timeouts_total, 1u);
+  auto frames = drain(gw, chatty);
+  ASSERT_EQ(frames.size(), 4u);
+  for (auto& f : frames) EXPECT_EQ(f.opcode, 0x9);
+  EXPECT_FALSE(gw.is_closing(chatty));
+}
+
+TEST(Gateway, SlowConsumerIsClosedWith1008AndItsQueueStaysBounded) {
+  GatewayConfig c = small_config();
+  c.limits.max_message_bytes = 4096;
+  c.limits.send_queue_max_bytes = 16 * 1024;
+  Gateway gw(c);
+  ConnId sender = gw.handle_open("s", 0);
+  ConnId slow = gw.handle_open("slow", 0);
+  const std::string msg = R"({"type":"send_message","target_user":"slow","content":")" + std::string(1000, 'x') + "\"}";
+  size_t max_seen = 0;
+  for (int i = 0; i < 100; ++i) {
+    gw.handle_text(sender, msg, 1);
+    max_seen = std::max(max_seen, gw.outbox(slow).queued_bytes());
+  }
+  EXPECT_LE(max_seen, c.limits.send_queue_max_bytes);
+  auto closes = gw.take_closes();
+  ASSERT_EQ(closes.size(), 1u);
+  EXPECT_EQ(closes[0].id, slow);
+  EXPECT_EQ(closes[0].code, CloseCode::policy_violation);
+  EXPECT_EQ(gw.metrics().slow_consumer_closes_total, 1u);
+  // Unsent frames were dropped to make room for the close frame.
+  EXPECT_TRUE(gw.outbox(slow).empty());
+}
+
+TEST(Gateway, SlowConsumerKeepsAPartlyWrittenFrameWhole) {
+  GatewayConfig c = small_config();
+  c.limits.max_message_bytes = 4096;
+  c.limits.send_queue_max_bytes = 16 * 1024;
+  Gateway gw(c);
+  ConnId sender = gw.handle_open("s", 0);
+  ConnId slow = gw.handle_open("slow", 0);
+  const std::string msg = R"({"type":"send_message","target_user":"slow","content":")" + std::string(1000, 'x') + "\"}";
+  gw.handle_text(sender, msg, 1);
+  const size_t first = gw.outbox(slow).queued_bytes();
+  gw.handle_sent(slow, 10);  // the socket took 10 bytes of the first frame
+  for (int i = 0; i < 100; ++i) gw.handle_text(sender, msg, 1);
+  EXPECT_EQ(gw.outbox(slow).queued_bytes(), first - 10);
+}
+
+TEST(Gateway, HealthReportsNodeAndConnections) {
+  Gateway gw(small_config());
+  gw.handle_open("a", 0);
+  gw.handle_open("b", 0);
+  EXPECT_EQ(gw.render_health(), R"({"status":"ok","node_id":"node-a","connections":2})");
+}
+
+TEST(Gateway, DirtyListNamesEachConnectionOnce) {
+  Gateway gw(small_config());
+  ConnId a = gw.handle_open("alice", 0);
+  for (int i = 0; i < 5; ++i) gw.handle_text(a, R"({"type":"ping"})", 1);
+  auto dirty = gw.take_dirty();
+  ASSERT_EQ(dirty.size(), 1u);
+  EXPECT_EQ(dirty[0], a);
+  EXPECT_TRUE(gw.take_dirty().empty());
+  EXPECT_EQ(texts(gw, a).size(), 5u);
+}
+
+}  // namespace
+}  // namespace wsgate
