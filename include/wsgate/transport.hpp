@@ -16,6 +16,9 @@ namespace wsgate {
 
 enum class PublishStatus : uint8_t {
   accepted,      // handed to the backend; subscribers will get it in order
+  no_subscribers,  // accepted, and the backend knows for certain that no
+                   // node subscribes to the topic (local, shm). Redis cannot
+                   // know it at publish time and never answers this.
   backpressure,  // a bounded queue or ring is full: NOT enqueued
   unavailable,   // the backend is unreachable and nothing was enqueued
 };
