@@ -14,6 +14,9 @@ constexpr std::string_view message_prefix = R"({"type":"message","from":)";
 constexpr std::string_view broadcast_prefix = R"({"type":"broadcast","from":)";
 constexpr std::string_view content_infix = R"(,"content":)";
 constexpr std::string_view error_prefix = R"({"type":"error","message":)";
+constexpr std::string_view user_topic_prefix = "user:";
+constexpr std::string_view node_topic_prefix = "node:";
+constexpr std::string_view broadcast_topic = "broadcast";
 
 // {"type":...,"from":<from>,"content":<content>}: encoded once, whatever the
 // number of recipients.
@@ -46,13 +49,20 @@ struct Gateway::Slot {
   Outbox out;
 };
 
-Gateway::Gateway(GatewayConfig config)
+Gateway::Gateway(GatewayConfig config, Transport* transport)
     : config_(std::move(config)),
       admission_(config_.limits),
       parser_(std::make_unique<MessageParser>(config_.limits.max_message_bytes)),
+      transport_(transport),
       ping_frame_(FrameRef::encode(Opcode::ping, {})),
       pong_frame_(FrameRef::encode(Opcode::text, R"({"type":"pong"})")) {
   assert(limits_are_consistent(config_.limits));
+  assert(config_.node_id.find('\n') == std::string::npos);
+  if (transport_) {
+    transport_->set_sink(this);
+    transport_->subscribe(broadcast_topic);
+    transport_->subscribe(std::string(node_topic_prefix) + config_.node_id);
+  }
 }
 
 Gateway::~Gateway() = default;
@@ -125,7 +135,11 @@ void Gateway::attach_to_user(uint32_t index, std::string_view user_id) {
   s.next_of_user = u.first;
   if (u.first != no_slot) slots_[u.first].prev_of_user = index;
   u.first = index;
-  ++u.count;
+  if (++u.count == 1 && transport_) {
+    topic_scratch_.assign(user_topic_prefix).append(user_id);
+    transport_->subscribe(topic_scratch_);
+  }
+  update_presence(*it);
 }
 
 void Gateway::detach_from_user(uint32_t index) {
@@ -136,8 +150,14 @@ void Gateway::detach_from_user(uint32_t index) {
   else u.first = s.next_of_user;
   if (s.next_of_user != no_slot) slots_[s.next_of_user].prev_of_user = s.prev_of_user;
   assert(u.count > 0);
-  if (--u.count == 0) {
+  --u.count;
+  update_presence(*s.user);
+  if (u.count == 0) {
     assert(u.first == no_slot);
+    if (transport_) {
+      topic_scratch_.assign(user_topic_prefix).append(s.user->first);
+      transport_->unsubscribe(topic_scratch_);
+    }
     users_.erase(s.user->first);
   }
   s.user = nullptr;
@@ -168,12 +188,21 @@ void Gateway::handle_text(ConnId id, std::string_view payload, uint64_t now_ms) 
     }
     case ClientMessageKind::send_message: {
       ++metrics_.messages_in_total[size_t(MessageType::send_message)];
-      route_to_user(r.message.target_user, encode_delivery(message_prefix, from, r.message.content));
+      const FrameRef f = encode_delivery(message_prefix, from, r.message.content);
+      const size_t local = route_to_user(r.message.target_user, f);
+      PublishStatus published = PublishStatus::no_subscribers;
+      if (transport_) {
+        topic_scratch_.assign(user_topic_prefix).append(r.message.target_user);
+        published = publish(id, topic_scratch_, f);
+      }
+      if (local == 0 && published == PublishStatus::no_subscribers) ++metrics_.messages_undeliverable_total;
       return;
     }
     case ClientMessageKind::broadcast: {
       ++metrics_.messages_in_total[size_t(MessageType::broadcast)];
-      broadcast(encode_delivery(broadcast_prefix, from, r.message.content));
+      const FrameRef f = encode_delivery(broadcast_prefix, from, r.message.content);
+      broadcast(f);
+      if (transport_) publish(id, broadcast_topic, f);
       return;
     }
   }
@@ -262,23 +291,66 @@ void Gateway::send_error(ConnId id, std::string_view message) {
   enqueue(id, *s, b.finish(), &t);
 }
 
-void Gateway::route_to_user(std::string_view user_id, const FrameRef& f) {
+size_t Gateway::route_to_user(std::string_view user_id, const FrameRef& f) {
   auto it = users_.find(user_id);
-  if (it == users_.end()) {
-    ++metrics_.messages_undeliverable_total;
-    return;
-  }
+  if (it == users_.end()) return 0;
   const MessageType t = MessageType::message;
+  size_t n = 0;
   // enqueue may close a slow consumer, which leaves the list intact (the
   // slot is detached only in handle_closed), so walking it stays safe.
-  for (uint32_t i = it->second.first; i != no_slot; i = slots_[i].next_of_user)
+  for (uint32_t i = it->second.first; i != no_slot; i = slots_[i].next_of_user, ++n)
     enqueue(ConnId{i, slots_[i].generation}, slots_[i], f, &t);
+  return n;
 }
 
-void Gateway::broadcast(const FrameRef& f) {
+size_t Gateway::broadcast(const FrameRef& f) {
   const MessageType t = MessageType::broadcast;
+  size_t n = 0;
   for (uint32_t i = 0; i < slots_.size(); ++i)
-    if (slots_[i].state == Slot::State::open) enqueue(ConnId{i, slots_[i].generation}, slots_[i], f, &t);
+    if (slots_[i].state == Slot::State::open) {
+      enqueue(ConnId{i, slots_[i].generation}, slots_[i], f, &t);
+      ++n;
+    }
+  return n;
+}
+
+PublishStatus Gateway::publish(ConnId from, std::string_view topic, const FrameRef& f) {
+  envelope_scratch_.assign(config_.node_id).append("\n").append(f->payload());
+  const PublishStatus st = transport_->publish(topic, envelope_scratch_);
+  if (st == PublishStatus::accepted || st == PublishStatus::no_subscribers) {
+    ++metrics_.transport_published_total;
+    return st;
+  }
+  // Not silently lost: the sender learns that other nodes did not get it.
+  ++metrics_.transport_publish_failed_total;
+  send_error(from, st == PublishStatus::backpressure ? "Not delivered to other nodes: transport busy, retry"
+                                                     : "Not delivered to other nodes: transport unavailable");
+  return st;
+}
+
+void Gateway::on_transport_message(std::string_view topic, std::string_view payload) {
+  const size_t nl = payload.find('\n');
+  if (nl == std::string_view::npos) return;  // not ours: nothing to deliver
+  if (payload.substr(0, nl) == config_.node_id) return;  // delivered locally already
+  ++metrics_.transport_received_total;
+  const FrameRef f = FrameRef::encode(Opcode::text, payload.substr(nl + 1));
+  if (topic == broadcast_topic) {
+    broadcast(f);
+  } else if (topic.starts_with(user_topic_prefix)) {
+    if (route_to_user(topic.substr(user_topic_prefix.size()), f) == 0) ++metrics_.messages_undeliverable_total;
+  }
+}
+
+void Gateway::on_transport_state(TransportState state) {
+  metrics_.transport_connected = state == TransportState::connected;
+  if (state != TransportState::connected) return;
+  // The backend may have lost what we stored (a restarted Redis): say again
+  // who is here. Subscriptions are the transport's to restore.
+  for (const auto& user : users_) update_presence(user);
+}
+
+void Gateway::update_presence(const UserMap::value_type& user) {
+  if (transport_) transport_->set_presence(user.first, user.second.count);
 }
 
 void Gateway::request_close(ConnId id, CloseCode code, std::string_view reason) {

@@ -97,6 +97,14 @@ std::string Metrics::render_prometheus(std::string_view node_id) const {
   w.sample("wsgate_heartbeat_timeouts_total", heartbeat_timeouts_total);
   w.header("wsgate_protocol_error_closes_total", "counter", "Connections closed for framing errors (1002, 1003, 1007, 1009).");
   w.sample("wsgate_protocol_error_closes_total", protocol_error_closes_total);
+  w.header("wsgate_transport_published_total", "counter", "Messages handed to the transport for other nodes.");
+  w.sample("wsgate_transport_published_total", transport_published_total);
+  w.header("wsgate_transport_publish_failed_total", "counter", "Publishes the transport refused (backpressure or unavailable); the sender got an error.");
+  w.sample("wsgate_transport_publish_failed_total", transport_publish_failed_total);
+  w.header("wsgate_transport_received_total", "counter", "Messages received from other nodes through the transport.");
+  w.sample("wsgate_transport_received_total", transport_received_total);
+  w.header("wsgate_transport_connected", "gauge", "1 while the transport backend is reachable.");
+  w.sample("wsgate_transport_connected", transport_connected);
   return out;
 }
 

@@ -31,6 +31,12 @@ class Frame {
   uint32_t size() const { return size_; }
   std::string_view view() const { return {reinterpret_cast<const char*>(data()), size_}; }
   uint32_t refs() const { return refs_; }
+  // The payload, after the header this frame was encoded with.
+  std::string_view payload() const {
+    const uint8_t len7 = data()[1] & 0x7F;
+    const size_t header = len7 < 126 ? 2 : len7 == 126 ? 4 : 10;
+    return view().substr(header);
+  }
 
  private:
   friend class FrameRef;

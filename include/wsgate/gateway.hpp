@@ -11,6 +11,13 @@
 //   next_tick_ms()                       (when to call handle_tick next)
 //
 // Protocol v1 (DESIGN.md) is implemented here, JSON parsed with simdjson.
+//
+// Across nodes, through a Transport (optional: without one the node stands
+// alone): the node subscribes to `user:{id}` while it holds a connection of
+// that user, to `broadcast` and to `node:{its id}`. A message is delivered
+// to this node's own recipients at once, and published for the others as
+// "{origin node id}\n{the JSON the recipients get}"; a node ignores what it
+// published itself. So losing the transport never stops local delivery.
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -25,6 +32,7 @@
 #include "wsgate/limits.hpp"
 #include "wsgate/metrics.hpp"
 #include "wsgate/outbox.hpp"
+#include "wsgate/transport.hpp"
 
 namespace wsgate {
 
@@ -47,9 +55,11 @@ struct GatewayConfig {
   Limits limits;
 };
 
-class Gateway {
+class Gateway : private TransportSink {
  public:
-  explicit Gateway(GatewayConfig config);
+  // transport may be null (a standalone node); it must outlive the Gateway,
+  // and its sink is set to this Gateway.
+  explicit Gateway(GatewayConfig config, Transport* transport = nullptr);
   ~Gateway();
   Gateway(const Gateway&) = delete;
   Gateway& operator=(const Gateway&) = delete;
@@ -110,6 +120,7 @@ class Gateway {
  private:
   struct Slot;
   struct User;
+  using UserMap = std::unordered_map<std::string, User, StringHash, std::equal_to<>>;
   Slot* slot(ConnId id);
   const Slot* slot(ConnId id) const;
   void request_close(ConnId id, CloseCode code, std::string_view reason);
@@ -117,8 +128,14 @@ class Gateway {
   // pass send_queue_max_bytes. counted: the type for messages_out_total.
   void enqueue(ConnId id, Slot& s, const FrameRef& f, const MessageType* counted);
   void send_error(ConnId id, std::string_view message);
-  void route_to_user(std::string_view user_id, const FrameRef& f);
-  void broadcast(const FrameRef& f);
+  // Local delivery; return how many connections were given the frame.
+  size_t route_to_user(std::string_view user_id, const FrameRef& f);
+  size_t broadcast(const FrameRef& f);
+  // Hands f to the other nodes; false (and an error to `from`) if refused.
+  PublishStatus publish(ConnId from, std::string_view topic, const FrameRef& f);
+  void on_transport_message(std::string_view topic, std::string_view payload) override;
+  void on_transport_state(TransportState state) override;
+  void update_presence(const UserMap::value_type& user);
   void attach_to_user(uint32_t index, std::string_view user_id);
   void detach_from_user(uint32_t index);
   void run_heartbeat(uint64_t now_ms);
@@ -130,12 +147,14 @@ class Gateway {
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_slots_;
   // user id -> the user's connections (an intrusive list through slots_)
-  using UserMap = std::unordered_map<std::string, User, StringHash, std::equal_to<>>;
   UserMap users_;
   std::vector<ConnId> dirty_;
   std::vector<CloseRequest> closes_;
   size_t open_count_ = 0;
   uint64_t next_heartbeat_ms_ = 0;
+  Transport* transport_;
+  std::string topic_scratch_;     // reused: no allocation per publish
+  std::string envelope_scratch_;
   FrameRef ping_frame_;
   FrameRef pong_frame_;
 };

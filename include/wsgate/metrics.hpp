@@ -34,6 +34,10 @@ struct Metrics {
   uint64_t slow_consumer_closes_total = 0;
   uint64_t heartbeat_timeouts_total = 0;
   uint64_t protocol_error_closes_total = 0;  // 1002/1003/1007/1009 from framing
+  uint64_t transport_published_total = 0;     // publishes the transport accepted
+  uint64_t transport_publish_failed_total = 0;  // refused: backpressure or unavailable
+  uint64_t transport_received_total = 0;      // messages from other nodes
+  uint64_t transport_connected = 1;           // gauge: 0 while the backend is lost
 
   void reject(RejectReason r) { ++connections_rejected_total[size_t(r)]; }
   // Prometheus text exposition format 0.0.4.
