@@ -1,5 +1,6 @@
 #include "wsgate/gateway.hpp"
 
+#include <algorithm>
 #include <cassert>
 
 #include "wsgate/json_escape.hpp"
@@ -17,6 +18,40 @@ constexpr std::string_view error_prefix = R"({"type":"error","message":)";
 constexpr std::string_view user_topic_prefix = "user:";
 constexpr std::string_view node_topic_prefix = "node:";
 constexpr std::string_view broadcast_topic = "broadcast";
+constexpr std::string_view load_topic = "load";
+constexpr uint64_t drain_step_ms = 100;
+constexpr uint64_t never_ms = UINT64_MAX;
+
+std::string hex(uint64_t v) {
+  static constexpr char digits[] = "0123456789abcdef";
+  std::string out(16, '0');
+  for (int i = 15; i >= 0; --i, v >>= 4) out[size_t(i)] = digits[v & 0xF];
+  return out;
+}
+
+// Envelope of every transport message: "{origin}\n{sequence}\n{body}".
+struct Envelope {
+  std::string_view origin;  // node_id/incarnation
+  uint64_t seq = 0;
+  std::string_view body;
+};
+
+bool parse_envelope(std::string_view p, Envelope& e) {
+  const size_t a = p.find('\n');
+  if (a == std::string_view::npos) return false;
+  const size_t b = p.find('\n', a + 1);
+  if (b == std::string_view::npos || b == a + 1) return false;
+  e.origin = p.substr(0, a);
+  e.seq = 0;
+  for (char c : p.substr(a + 1, b - a - 1)) {
+    if (c < '0' || c > '9') return false;
+    e.seq = e.seq * 10 + uint64_t(c - '0');
+  }
+  e.body = p.substr(b + 1);
+  return true;
+}
+
+std::string_view node_of(std::string_view origin) { return origin.substr(0, origin.rfind('/')); }
 
 // {"type":...,"from":<from>,"content":<content>}: encoded once, whatever the
 // number of recipients.
@@ -58,9 +93,11 @@ Gateway::Gateway(GatewayConfig config, Transport* transport)
       pong_frame_(FrameRef::encode(Opcode::text, R"({"type":"pong"})")) {
   assert(limits_are_consistent(config_.limits));
   assert(config_.node_id.find('\n') == std::string::npos);
+  origin_ = config_.node_id + "/" + hex(config_.incarnation);
   if (transport_) {
     transport_->set_sink(this);
     transport_->subscribe(broadcast_topic);
+    transport_->subscribe(load_topic);
     transport_->subscribe(std::string(node_topic_prefix) + config_.node_id);
   }
 }
@@ -93,6 +130,8 @@ size_t Gateway::connections_of(std::string_view user_id) const {
 }
 
 Admission Gateway::handle_upgrade_request(std::string_view ip, uint64_t now_ms) {
+  now_ms_ = now_ms;
+  if (draining_) return Admission::draining;
   return admission_.admit(ip, open_count_, now_ms);
 }
 
@@ -106,6 +145,7 @@ ConnId Gateway::handle_open(std::string_view user_id, uint64_t now_ms) {
     slots_.emplace_back();
   }
   Slot& s = slots_[index];
+  now_ms_ = now_ms;
   assert(s.state == Slot::State::free && s.out.empty() && !s.user);
   s.state = Slot::State::open;
   s.last_seen_ms = now_ms;
@@ -168,6 +208,7 @@ void Gateway::handle_text(ConnId id, std::string_view payload, uint64_t now_ms) 
   Slot* s = slot(id);
   if (!s) return;
   s->last_seen_ms = now_ms;
+  now_ms_ = now_ms;
   // After a close was requested the connection is on its way out; what it
   // still sends is not acted on (RFC 6455 5.5.1 allows ignoring it).
   if (s->state != Slot::State::open) return;
@@ -235,14 +276,103 @@ void Gateway::handle_closed(ConnId id) {
 }
 
 void Gateway::handle_tick(uint64_t now_ms) {
+  now_ms_ = now_ms;
   if (next_heartbeat_ms_ == 0) {
     next_heartbeat_ms_ = now_ms + config_.limits.heartbeat_interval_ms;
-    return;
+  } else if (now_ms >= next_heartbeat_ms_) {
+    run_heartbeat(now_ms);
+    admission_.expire(now_ms);
+    next_heartbeat_ms_ = now_ms + config_.limits.heartbeat_interval_ms;
   }
-  if (now_ms < next_heartbeat_ms_) return;
-  run_heartbeat(now_ms);
-  admission_.expire(now_ms);
-  next_heartbeat_ms_ = now_ms + config_.limits.heartbeat_interval_ms;
+  if (transport_ && now_ms >= next_load_report_ms_) {
+    report_load(now_ms);
+    rebalance(now_ms);
+    next_load_report_ms_ = now_ms + config_.limits.load_report_interval_ms;
+  }
+  if (draining_ && now_ms >= next_drain_ms_) {
+    drain_some(now_ms);
+    next_drain_ms_ = now_ms + drain_step_ms;
+  }
+}
+
+uint64_t Gateway::next_tick_ms() const {
+  uint64_t t = next_heartbeat_ms_;
+  if (transport_) t = std::min(t, next_load_report_ms_);
+  if (draining_) t = std::min(t, next_drain_ms_);
+  return t;
+}
+
+void Gateway::handle_drain(uint64_t now_ms) {
+  if (draining_) return;
+  draining_ = true;
+  next_drain_ms_ = now_ms;
+  handle_tick(now_ms);
+}
+
+void Gateway::drain_some(uint64_t) {
+  const size_t budget = std::max<size_t>(1, config_.limits.drain_max_closes_per_s * drain_step_ms / 1000);
+  metrics_.drain_closes_total += close_some(budget, CloseCode::going_away, "node draining");
+}
+
+// Every node hears every report, its own included, so each computes the
+// same mean; only the nodes above the band act, each on its own excess.
+void Gateway::report_load(uint64_t now_ms) {
+  peer_loads_[config_.node_id] = PeerLoad{open_count_, now_ms};
+  publish_raw(load_topic, std::to_string(open_count_));
+  const uint64_t forget_ms = 10ull * config_.limits.load_report_interval_ms;
+  std::erase_if(peer_loads_, [&](const auto& kv) { return now_ms - kv.second.reported_ms > forget_ms; });
+}
+
+void Gateway::rebalance(uint64_t now_ms) {
+  const Limits& l = config_.limits;
+  if (l.rebalance_max_moves_per_s == 0 || draining_) return;
+  const uint64_t live_ms = 3ull * l.load_report_interval_ms;
+  uint64_t total = 0, nodes = 0;
+  for (const auto& [node, load] : peer_loads_)
+    if (now_ms - load.reported_ms <= live_ms) {
+      total += load.connections;
+      ++nodes;
+    }
+  if (nodes < 2) return;
+  const double mean = double(total) / double(nodes);
+  const double ceiling = mean * (1.0 + l.rebalance_tolerance_pct / 100.0);
+  if (double(open_count_) <= ceiling) return;
+  // Aim for the middle of the band, not its edge, so the next report does
+  // not find us just above it again.
+  const double target = mean * (1.0 + l.rebalance_tolerance_pct / 200.0);
+  const size_t excess = size_t(double(open_count_) - target);
+  const size_t budget = std::max<size_t>(1, size_t(l.rebalance_max_moves_per_s) * l.load_report_interval_ms / 1000);
+  metrics_.rebalance_closes_total += close_some(std::min(excess, budget), CloseCode::reconnect, "rebalance");
+}
+
+size_t Gateway::close_some(size_t n, CloseCode code, std::string_view reason) {
+  size_t closed = 0;
+  for (size_t seen = 0; closed < n && seen < slots_.size(); ++seen) {
+    close_cursor_ = close_cursor_ + 1 < slots_.size() ? close_cursor_ + 1 : 0;
+    Slot& s = slots_[close_cursor_];
+    if (s.state != Slot::State::open) continue;
+    request_close(ConnId{close_cursor_, s.generation}, code, reason);
+    ++closed;
+  }
+  return closed;
+}
+
+bool Gateway::accept_sequence(std::string_view origin, uint64_t seq, uint64_t now_ms) {
+  auto it = origins_.find(origin);
+  if (it == origins_.end()) {
+    if (origins_.size() >= config_.limits.max_tracked_origins) {
+      auto oldest = origins_.begin();
+      for (auto i = origins_.begin(); i != origins_.end(); ++i)
+        if (i->second.seen_ms < oldest->second.seen_ms) oldest = i;
+      origins_.erase(oldest);
+    }
+    origins_.emplace(std::string(origin), OriginState{seq, now_ms});
+    return true;
+  }
+  it->second.seen_ms = now_ms;
+  if (seq <= it->second.last_seq) return false;
+  it->second.last_seq = seq;
+  return true;
 }
 
 // Once per heartbeat interval: close what has been silent for the idle
@@ -314,26 +444,42 @@ size_t Gateway::broadcast(const FrameRef& f) {
   return n;
 }
 
-PublishStatus Gateway::publish(ConnId from, std::string_view topic, const FrameRef& f) {
-  envelope_scratch_.assign(config_.node_id).append("\n").append(f->payload());
+PublishStatus Gateway::publish_raw(std::string_view topic, std::string_view body) {
+  envelope_scratch_.assign(origin_).append("\n").append(std::to_string(++publish_seq_)).append("\n").append(body);
   const PublishStatus st = transport_->publish(topic, envelope_scratch_);
-  if (st == PublishStatus::accepted || st == PublishStatus::no_subscribers) {
-    ++metrics_.transport_published_total;
-    return st;
-  }
+  if (st == PublishStatus::accepted || st == PublishStatus::no_subscribers) ++metrics_.transport_published_total;
+  else ++metrics_.transport_publish_failed_total;
+  return st;
+}
+
+PublishStatus Gateway::publish(ConnId from, std::string_view topic, const FrameRef& f) {
+  const PublishStatus st = publish_raw(topic, f->payload());
+  if (st == PublishStatus::accepted || st == PublishStatus::no_subscribers) return st;
   // Not silently lost: the sender learns that other nodes did not get it.
-  ++metrics_.transport_publish_failed_total;
   send_error(from, st == PublishStatus::backpressure ? "Not delivered to other nodes: transport busy, retry"
                                                      : "Not delivered to other nodes: transport unavailable");
   return st;
 }
 
 void Gateway::on_transport_message(std::string_view topic, std::string_view payload) {
-  const size_t nl = payload.find('\n');
-  if (nl == std::string_view::npos) return;  // not ours: nothing to deliver
-  if (payload.substr(0, nl) == config_.node_id) return;  // delivered locally already
+  Envelope e;
+  if (!parse_envelope(payload, e)) return;  // not ours: nothing to deliver
+  if (e.origin == origin_) return;          // delivered locally already
+  // One inbound stream per node keeps each publisher's order across
+  // topics, so anything not newer than the last seen is a duplicate or was
+  // overtaken: delivering it would break at-most-once or per-sender order.
+  if (!accept_sequence(e.origin, e.seq, now_ms_)) {
+    ++metrics_.transport_stale_dropped_total;
+    return;
+  }
   ++metrics_.transport_received_total;
-  const FrameRef f = FrameRef::encode(Opcode::text, payload.substr(nl + 1));
+  if (topic == load_topic) {
+    uint64_t n = 0;
+    for (char c : e.body) n = c >= '0' && c <= '9' ? n * 10 + uint64_t(c - '0') : n;
+    peer_loads_[std::string(node_of(e.origin))] = PeerLoad{n, now_ms_};
+    return;
+  }
+  const FrameRef f = FrameRef::encode(Opcode::text, e.body);
   if (topic == broadcast_topic) {
     broadcast(f);
   } else if (topic.starts_with(user_topic_prefix)) {

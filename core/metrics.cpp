@@ -13,6 +13,7 @@ const char* reject_reason_name(RejectReason r) {
     case RejectReason::too_many_connections: return "too_many_connections";
     case RejectReason::rate_limited: return "rate_limited";
     case RejectReason::not_found: return "not_found";
+    case RejectReason::draining: return "draining";
     case RejectReason::count_: break;
   }
   return "unknown";
@@ -105,6 +106,12 @@ std::string Metrics::render_prometheus(std::string_view node_id) const {
   w.sample("wsgate_transport_received_total", transport_received_total);
   w.header("wsgate_transport_connected", "gauge", "1 while the transport backend is reachable.");
   w.sample("wsgate_transport_connected", transport_connected);
+  w.header("wsgate_transport_stale_dropped_total", "counter", "Transport messages dropped as duplicated or out of order.");
+  w.sample("wsgate_transport_stale_dropped_total", transport_stale_dropped_total);
+  w.header("wsgate_rebalance_closes_total", "counter", "Connections asked to reconnect elsewhere (4002) to even out load.");
+  w.sample("wsgate_rebalance_closes_total", rebalance_closes_total);
+  w.header("wsgate_drain_closes_total", "counter", "Connections closed (1001) while the node drained.");
+  w.sample("wsgate_drain_closes_total", drain_closes_total);
   return out;
 }
 

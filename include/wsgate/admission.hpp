@@ -11,7 +11,7 @@
 
 namespace wsgate {
 
-enum class Admission : uint8_t { ok, too_many_connections, rate_limited };
+enum class Admission : uint8_t { ok, too_many_connections, rate_limited, draining };
 
 class AdmissionControl {
  public:

@@ -25,6 +25,7 @@ enum class CloseCode : uint16_t {
   internal_error = 1011,
   try_again_later = 1013,
   missing_identity = 4001,  // no user_id / token
+  reconnect = 4002,         // rebalancing: connect again, to any node
 };
 
 }  // namespace wsgate

@@ -52,7 +52,18 @@ struct StringHash {
 
 struct GatewayConfig {
   std::string node_id = "wsgate";
+  // Tells this run of the node from an earlier one with the same id (a
+  // restart): the driver passes something new each start (the simulator
+  // draws it from its seeded generator). Publisher sequence numbers are per
+  // incarnation.
+  uint64_t incarnation = 0;
   Limits limits;
+};
+
+// What this node knows of another from its load reports.
+struct PeerLoad {
+  uint64_t connections = 0;
+  uint64_t reported_ms = 0;
 };
 
 class Gateway : private TransportSink {
@@ -84,8 +95,12 @@ class Gateway : private TransportSink {
   // The socket is gone (after a close handshake or not). Frees the slot;
   // the id is stale from here on.
   void handle_closed(ConnId id);
-  // Time passed: heartbeats, idle timeouts, rate-limit windows.
+  // Time passed: heartbeats, idle timeouts, rate-limit windows, load
+  // reports and rebalancing, draining.
   void handle_tick(uint64_t now_ms);
+  // Graceful drain: refuse new upgrades (503) and close every connection
+  // with 1001 at drain_max_closes_per_s, so clients reconnect elsewhere.
+  void handle_drain(uint64_t now_ms);
 
   // --- effects ------------------------------------------------------------
 
@@ -101,7 +116,8 @@ class Gateway : private TransportSink {
   void push_control(ConnId id, const uint8_t* bytes, size_t n);
   // The driver wrote n bytes of the outbox.
   void handle_sent(ConnId id, size_t n);
-  uint64_t next_tick_ms() const { return next_heartbeat_ms_; }
+  // When handle_tick has something to do next (0: call it now).
+  uint64_t next_tick_ms() const;
 
   // --- state --------------------------------------------------------------
 
@@ -116,6 +132,12 @@ class Gateway : private TransportSink {
   Metrics& metrics() { return metrics_; }
   const Metrics& metrics() const { return metrics_; }
   std::string render_health() const;
+  bool is_draining() const { return draining_; }
+  // The cluster as this node sees it from load reports (itself included).
+  const std::unordered_map<std::string, PeerLoad, StringHash, std::equal_to<>>& peer_loads() const {
+    return peer_loads_;
+  }
+  size_t tracked_origins() const { return origins_.size(); }
 
  private:
   struct Slot;
@@ -133,9 +155,17 @@ class Gateway : private TransportSink {
   size_t broadcast(const FrameRef& f);
   // Hands f to the other nodes; false (and an error to `from`) if refused.
   PublishStatus publish(ConnId from, std::string_view topic, const FrameRef& f);
+  PublishStatus publish_raw(std::string_view topic, std::string_view body);
   void on_transport_message(std::string_view topic, std::string_view payload) override;
   void on_transport_state(TransportState state) override;
   void update_presence(const UserMap::value_type& user);
+  // Drops what this node already saw from that publisher incarnation.
+  bool accept_sequence(std::string_view origin, uint64_t seq, uint64_t now_ms);
+  void report_load(uint64_t now_ms);
+  void rebalance(uint64_t now_ms);
+  void drain_some(uint64_t now_ms);
+  // Closes up to n open connections from a rotating cursor; returns how many.
+  size_t close_some(size_t n, CloseCode code, std::string_view reason);
   void attach_to_user(uint32_t index, std::string_view user_id);
   void detach_from_user(uint32_t index);
   void run_heartbeat(uint64_t now_ms);
@@ -153,6 +183,19 @@ class Gateway : private TransportSink {
   size_t open_count_ = 0;
   uint64_t next_heartbeat_ms_ = 0;
   Transport* transport_;
+  std::string origin_;            // node_id/incarnation
+  uint64_t publish_seq_ = 0;
+  struct OriginState {
+    uint64_t last_seq;
+    uint64_t seen_ms;
+  };
+  std::unordered_map<std::string, OriginState, StringHash, std::equal_to<>> origins_;
+  std::unordered_map<std::string, PeerLoad, StringHash, std::equal_to<>> peer_loads_;
+  uint64_t now_ms_ = 0;           // latest time seen in an event
+  uint64_t next_load_report_ms_ = 0;
+  uint64_t next_drain_ms_ = 0;
+  bool draining_ = false;
+  uint32_t close_cursor_ = 0;
   std::string topic_scratch_;     // reused: no allocation per publish
   std::string envelope_scratch_;
   FrameRef ping_frame_;

@@ -35,6 +35,21 @@ struct Limits {
   uint32_t shutdown_timeout_ms = 5000;
   // Longest user id accepted from the query string (bytes, decoded).
   uint32_t max_user_id_bytes = 256;
+
+  // Cluster (only with a transport). Every node publishes its connection
+  // count this often; a report older than 3 intervals is a node gone.
+  uint32_t load_report_interval_ms = 1000;
+  // A node holding more than (1 + tolerance) x the cluster mean asks
+  // clients to reconnect (close 4002) until it is back inside the band, at
+  // most this many per second so a move never becomes a reconnect storm.
+  // 0 turns rebalancing off.
+  uint32_t rebalance_tolerance_pct = 20;
+  uint32_t rebalance_max_moves_per_s = 100;
+  // A draining node closes its connections (1001) at most this fast.
+  uint32_t drain_max_closes_per_s = 1000;
+  // Publishers (node incarnations) whose last sequence number is kept to
+  // drop duplicated or reordered transport messages.
+  uint32_t max_tracked_origins = 1024;
 };
 
 // Frames and outboxes carry payload sizes in 32 bits.
@@ -47,6 +62,7 @@ constexpr bool limits_are_consistent(const Limits& l) {
   return l.max_connections > 0 && l.max_message_bytes > 0 &&
          l.heartbeat_interval_ms > 0 && l.idle_timeout_ms >= l.heartbeat_interval_ms &&
          l.ip_window_ms > 0 && l.max_header_bytes >= 256 && l.max_tracked_ips > 0 &&
+         l.load_report_interval_ms > 0 && l.max_tracked_origins > 0 && l.drain_max_closes_per_s > 0 &&
          // one largest reply must fit in a queue, or nothing could be sent
          uint64_t(l.send_queue_max_bytes) >= uint64_t(l.max_message_bytes) + 64 +
              uint64_t(l.max_user_id_bytes) * json_escape_expansion;

@@ -13,6 +13,7 @@ enum class RejectReason : uint8_t {
   handshake_timeout,
   too_many_connections,  // 503
   rate_limited,    // 429
+  draining,        // 503 while the node drains
   not_found,       // 404 on plain HTTP
   count_
 };
@@ -38,6 +39,9 @@ struct Metrics {
   uint64_t transport_publish_failed_total = 0;  // refused: backpressure or unavailable
   uint64_t transport_received_total = 0;      // messages from other nodes
   uint64_t transport_connected = 1;           // gauge: 0 while the backend is lost
+  uint64_t transport_stale_dropped_total = 0; // duplicated or reordered, dropped
+  uint64_t rebalance_closes_total = 0;        // asked to reconnect elsewhere (4002)
+  uint64_t drain_closes_total = 0;
 
   void reject(RejectReason r) { ++connections_rejected_total[size_t(r)]; }
   // Prometheus text exposition format 0.0.4.

@@ -21,6 +21,10 @@ enum class PublishStatus : uint8_t {
                    // know it at publish time and never answers this.
   backpressure,  // a bounded queue or ring is full: NOT enqueued
   unavailable,   // the backend is unreachable and nothing was enqueued
+  // The topic or payload is larger than this transport ever carries: NOT
+  // enqueued, and retrying cannot help (unlike backpressure). Never
+  // truncated.
+  too_large,
 };
 
 enum class TransportState : uint8_t { connected, disconnected };
