@@ -41,6 +41,12 @@ class TransportSink {
   // is in force again (the transport resubscribes by itself); the node
   // republishes its presence.
   virtual void on_transport_state(TransportState state) = 0;
+  // Publishes the transport accepted but now knows did not reach everyone
+  // (the backend connection dropped before confirming them, or Redis
+  // answered 0 receivers while nodes were still resubscribing). Numbers
+  // are those of publish(): the n-th publish answered accepted or
+  // no_subscribers is number n, counting from 1. Default: ignore.
+  virtual void on_transport_publish_lost(uint64_t first, uint64_t count) { (void)first, (void)count; }
 };
 
 class Transport {
