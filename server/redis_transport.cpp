@@ -1,0 +1,425 @@
+#include "redis_transport.hpp"
+
+#include <hiredis/hiredis.h>
+
+#include <algorithm>
+#include <cassert>
+
+#include "wsgate/json_escape.hpp"
+
+namespace wsgate {
+
+namespace {
+
+constexpr size_t subscribe_batch_topics = 256;
+constexpr size_t presence_batch_users = 256;
+
+redisReader* new_reader() {
+  redisReader* r = redisReaderCreate();
+  if (!r) throw std::bad_alloc();
+  return r;
+}
+
+struct ReplyDeleter {
+  void operator()(redisReply* r) const { freeReplyObject(r); }
+};
+using Reply = std::unique_ptr<redisReply, ReplyDeleter>;
+
+bool is_ok(const redisReply* r) { return r->type == REDIS_REPLY_STATUS && std::string_view(r->str, r->len) == "OK"; }
+
+std::string_view text_of(const redisReply* r) {
+  return r->type == REDIS_REPLY_STRING || r->type == REDIS_REPLY_STATUS || r->type == REDIS_REPLY_ERROR
+             ? std::string_view(r->str, r->len)
+             : std::string_view();
+}
+
+}  // namespace
+
+RedisTransport::RedisTransport(RedisOptions options, RedisIo& io) : options_(std::move(options)), io_(io) {
+  for (Link& l : links_) l.reader = new_reader();
+}
+
+RedisTransport::~RedisTransport() {
+  for (Link& l : links_) redisReaderFree(l.reader);
+}
+
+std::string RedisTransport::channel(std::string_view topic) const {
+  std::string c;
+  c.reserve(options_.prefix.size() + topic.size());
+  return c.append(options_.prefix).append(topic);
+}
+
+void RedisTransport::command(RedisLink l, const std::vector<std::string_view>& args) {
+  std::vector<const char*> argv;
+  std::vector<size_t> lens;
+  argv.reserve(args.size());
+  lens.reserve(args.size());
+  for (std::string_view a : args) {
+    argv.push_back(a.data());
+    lens.push_back(a.size());
+  }
+  char* cmd = nullptr;
+  const int n = redisFormatCommandArgv(&cmd, int(args.size()), argv.data(), lens.data());
+  if (n < 0) throw std::bad_alloc();
+  Link& k = link(l);
+  const bool was_empty = k.out.size() == k.out_head;
+  k.out.append(cmd, size_t(n));
+  redisFreeCommand(cmd);
+  if (was_empty) io_.redis_want_write(l);
+}
+
+void RedisTransport::command(RedisLink l, std::initializer_list<std::string_view> args) {
+  command(l, std::vector<std::string_view>(args));
+}
+
+// --- Transport -------------------------------------------------------------
+
+void RedisTransport::subscribe(std::string_view topic) {
+  if (!topics_.emplace(topic).second) return;
+  if (link(RedisLink::subscriber).phase == Phase::ready) {
+    ++resubscribe_acks_due_;
+    command(RedisLink::subscriber, {"SUBSCRIBE", channel(topic)});
+  }
+}
+
+void RedisTransport::unsubscribe(std::string_view topic) {
+  auto it = topics_.find(std::string(topic));
+  if (it == topics_.end()) return;
+  topics_.erase(it);
+  if (link(RedisLink::subscriber).phase == Phase::ready) command(RedisLink::subscriber, {"UNSUBSCRIBE", channel(topic)});
+}
+
+PublishStatus RedisTransport::publish(std::string_view topic, std::string_view payload) {
+  if (!connected_) {
+    ++stats_.publish_unavailable;
+    return PublishStatus::unavailable;
+  }
+  const Link& k = link(RedisLink::command);
+  if (payload.size() > options_.max_payload_bytes || k.out.size() - k.out_head > options_.max_output_bytes) {
+    ++stats_.publish_backpressure;
+    return PublishStatus::backpressure;
+  }
+  command(RedisLink::command, {"PUBLISH", channel(topic), payload});
+  pending_.push_back(Pending{Expect::publish, ++publish_number_});
+  ++stats_.published;
+  return PublishStatus::accepted;
+}
+
+void RedisTransport::set_presence(std::string_view user, uint32_t connections) {
+  auto it = presence_.find(user);
+  const uint32_t before = it == presence_.end() ? 0 : it->second;
+  if (connections == 0) {
+    if (it != presence_.end()) presence_.erase(it);
+  } else if (it == presence_.end()) {
+    presence_.emplace(std::string(user), connections);
+  } else {
+    it->second = connections;
+  }
+  // Offline: nothing is sent now; on reconnect the whole hash is rewritten.
+  if (link(RedisLink::command).phase != Phase::ready) return;
+  const std::string key = channel("node:" + options_.node_id + ":users");
+  if (connections > 0) {
+    const std::string n = std::to_string(connections);
+    command(RedisLink::command, {"HSET", key, user, n});
+    // Every write re-arms the expiry, so even a node that dies before its
+    // first refresh leaves nothing behind for longer than the TTL.
+    command(RedisLink::command, {"PEXPIRE", key, std::to_string(options_.presence_ttl_ms)});
+    pending_.push_back(Pending{Expect::ignore, 0});
+    pending_.push_back(Pending{Expect::ignore, 0});
+  } else {
+    command(RedisLink::command, {"HDEL", key, user});
+    pending_.push_back(Pending{Expect::ignore, 0});
+  }
+  if ((before == 0) != (connections == 0)) {
+    std::string e = connections ? R"({"event":"online","user_id":)" : R"({"event":"offline","user_id":)";
+    append_json_string(e, user);
+    e += R"(,"node_id":)";
+    append_json_string(e, options_.node_id);
+    e += R"(,"connections":)" + std::to_string(connections) + "}";
+    publish_event(e);
+  }
+}
+
+void RedisTransport::publish_event(std::string_view json) {
+  command(RedisLink::command, {"PUBLISH", channel("events"), json});
+  pending_.push_back(Pending{Expect::ignore, 0});
+}
+
+size_t RedisTransport::poll(uint64_t now_ms) {
+  now_ms_ = now_ms;
+  for (size_t i = 0; i < 2; ++i) {
+    const RedisLink l = RedisLink(i);
+    Link& k = links_[i];
+    if (k.phase == Phase::down && now_ms >= k.retry_at_ms) {
+      k.phase = Phase::connecting;
+      k.connecting_since_ms = now_ms;
+      io_.redis_connect(l);
+    } else if ((k.phase == Phase::connecting || k.phase == Phase::authenticating) &&
+               now_ms - k.connecting_since_ms > options_.connect_timeout_ms) {
+      io_.redis_close(l);
+    }
+  }
+  if (connected_ && now_ms >= next_refresh_ms_) refresh_presence();
+
+  if (connected_ != reported_connected_) {
+    reported_connected_ = connected_;
+    if (sink_) sink_->on_transport_state(connected_ ? TransportState::connected : TransportState::disconnected);
+  }
+  size_t delivered = 0;
+  while (!inbound_.empty()) {
+    Inbound m = std::move(inbound_.front());
+    inbound_.pop_front();
+    inbound_bytes_ -= m.topic.size() + m.payload.size();
+    ++delivered;
+    if (sink_) sink_->on_transport_message(m.topic, m.payload);
+  }
+  return delivered;
+}
+
+uint64_t RedisTransport::next_timer_ms() const {
+  uint64_t t = UINT64_MAX;
+  for (const Link& k : links_) {
+    if (k.phase == Phase::down) t = std::min(t, k.retry_at_ms);
+    if (k.phase == Phase::connecting || k.phase == Phase::authenticating)
+      t = std::min<uint64_t>(t, k.connecting_since_ms + options_.connect_timeout_ms + 1);
+  }
+  if (connected_) t = std::min(t, next_refresh_ms_);
+  if (connected_ != reported_connected_ || !inbound_.empty()) t = 0;
+  return t;
+}
+
+// --- links -----------------------------------------------------------------
+
+void RedisTransport::on_connected(RedisLink l, uint64_t now_ms) {
+  now_ms_ = now_ms;
+  Link& k = link(l);
+  ++stats_.connects;
+  redisReaderFree(k.reader);  // nothing of an earlier connection carries over
+  k.reader = new_reader();
+  k.out.clear();
+  k.out_head = 0;
+  if (options_.password.empty()) {
+    on_ready(l, now_ms);
+    return;
+  }
+  k.phase = Phase::authenticating;
+  command(l, {"AUTH", options_.password});
+  if (l == RedisLink::command) pending_.push_back(Pending{Expect::auth, 0});
+}
+
+void RedisTransport::on_ready(RedisLink l, uint64_t now_ms) {
+  Link& k = link(l);
+  k.phase = Phase::ready;
+  k.backoff_ms = 0;
+  if (l == RedisLink::command) {
+    resync_presence();
+  } else {
+    // Every topic again, in batches; `connected` waits for all the acks.
+    resubscribe_acks_due_ = 0;
+    std::vector<std::string> batch;
+    auto flush = [&] {
+      if (batch.empty()) return;
+      std::vector<std::string_view> args{"SUBSCRIBE"};
+      for (auto& c : batch) args.push_back(c);
+      command(l, args);
+      resubscribe_acks_due_ += batch.size();
+      batch.clear();
+    };
+    for (const std::string& t : topics_) {
+      batch.push_back(channel(t));
+      if (batch.size() == subscribe_batch_topics) flush();
+    }
+    flush();
+  }
+  (void)now_ms;
+  update_connected();
+}
+
+// Connected means both links up and every topic confirmed subscribed once
+// since they came up; later subscribes do not make the node `disconnected`
+// while their confirmation is on its way.
+void RedisTransport::update_connected() {
+  const bool links_up = link(RedisLink::command).phase == Phase::ready && link(RedisLink::subscriber).phase == Phase::ready;
+  if (!links_up) {
+    connected_ = false;
+    return;
+  }
+  if (connected_ || resubscribe_acks_due_ > 0) return;
+  connected_ = true;
+  connected_at_ms_ = now_ms_;
+  std::string e = R"({"event":"node_up","node_id":)";
+  append_json_string(e, options_.node_id);
+  e += "}";
+  publish_event(e);
+}
+
+void RedisTransport::on_data(RedisLink l, const char* data, size_t n, uint64_t now_ms) {
+  now_ms_ = now_ms;
+  Link& k = link(l);
+  if (k.phase == Phase::down || k.phase == Phase::connecting) return;
+  if (redisReaderFeed(k.reader, data, n) != REDIS_OK) {
+    fail_link(l, now_ms);
+    return;
+  }
+  for (;;) {
+    void* reply = nullptr;
+    if (redisReaderGetReply(k.reader, &reply) != REDIS_OK) {
+      fail_link(l, now_ms);  // a protocol error: this connection is unusable
+      return;
+    }
+    if (!reply) return;
+    handle_reply(l, reply, now_ms);
+    if (k.phase == Phase::down) return;
+  }
+}
+
+void RedisTransport::handle_reply(RedisLink l, void* raw, uint64_t now_ms) {
+  Reply reply(static_cast<redisReply*>(raw));
+  Link& k = link(l);
+  if (l == RedisLink::subscriber && k.phase == Phase::authenticating) {
+    if (is_ok(reply.get())) on_ready(l, now_ms);
+    else fail_link(l, now_ms);
+    return;
+  }
+  if (l == RedisLink::command) handle_command_reply(reply.get(), now_ms);
+  else handle_subscriber_reply(reply.get());
+}
+
+void RedisTransport::handle_command_reply(void* raw, uint64_t now_ms) {
+  const redisReply* r = static_cast<redisReply*>(raw);
+  if (pending_.empty()) {  // a reply to nothing: the stream is out of step
+    fail_link(RedisLink::command, now_ms);
+    return;
+  }
+  const Pending p = pending_.front();
+  pending_.pop_front();
+  if (r->type == REDIS_REPLY_ERROR) ++stats_.errors;
+  switch (p.what) {
+    case Expect::ignore:
+      return;
+    case Expect::auth:
+      if (is_ok(r)) on_ready(RedisLink::command, now_ms);
+      else fail_link(RedisLink::command, now_ms);
+      return;
+    case Expect::publish:
+      // 0 receivers shortly after (re)connecting proves nothing: the
+      // target's node may not have resubscribed yet.
+      if (r->type == REDIS_REPLY_ERROR ||
+          (r->type == REDIS_REPLY_INTEGER && r->integer == 0 && now_ms - connected_at_ms_ < options_.resubscribe_grace_ms)) {
+        ++stats_.publish_lost;
+        if (sink_) sink_->on_transport_publish_lost(p.publish_number, 1);
+      }
+      return;
+  }
+}
+
+void RedisTransport::handle_subscriber_reply(void* raw) {
+  const redisReply* r = static_cast<redisReply*>(raw);
+  if (r->type == REDIS_REPLY_ERROR) {
+    ++stats_.errors;
+    return;
+  }
+  if (r->type != REDIS_REPLY_ARRAY || r->elements < 3) return;
+  const std::string_view kind = text_of(r->element[0]);
+  if (kind == "subscribe") {
+    if (resubscribe_acks_due_ > 0 && --resubscribe_acks_due_ == 0) update_connected();
+    return;
+  }
+  if (kind != "message") return;
+  std::string_view ch = text_of(r->element[1]);
+  const std::string_view payload = text_of(r->element[2]);
+  if (!ch.starts_with(options_.prefix)) return;
+  ch.remove_prefix(options_.prefix.size());
+  ++stats_.messages_received;
+  if (inbound_bytes_ + ch.size() + payload.size() > options_.max_inbound_bytes) {
+    ++stats_.inbound_dropped;
+    return;
+  }
+  inbound_bytes_ += ch.size() + payload.size();
+  inbound_.push_back(Inbound{std::string(ch), std::string(payload)});
+}
+
+void RedisTransport::fail_link(RedisLink l, uint64_t) { io_.redis_close(l); }
+
+void RedisTransport::on_disconnected(RedisLink l, uint64_t now_ms) {
+  now_ms_ = now_ms;
+  Link& k = link(l);
+  if (k.phase == Phase::down) return;
+  if (k.phase == Phase::ready) ++stats_.disconnects;
+  k.phase = Phase::down;
+  k.out.clear();
+  k.out_head = 0;
+  k.backoff_ms = k.backoff_ms == 0 ? options_.reconnect_min_ms : std::min(k.backoff_ms * 2, options_.reconnect_max_ms);
+  k.retry_at_ms = now_ms + k.backoff_ms;
+  if (l == RedisLink::command) lose_pending_publishes();
+  else resubscribe_acks_due_ = 0;
+  update_connected();
+}
+
+// Written or not, no reply will come for these any more: whether Redis
+// delivered them is unknown, so they are reported lost (the sender is told)
+// rather than assumed delivered.
+void RedisTransport::lose_pending_publishes() {
+  for (const Pending& p : pending_) {
+    if (p.what != Expect::publish) continue;
+    ++stats_.publish_lost;
+    if (sink_) sink_->on_transport_publish_lost(p.publish_number, 1);
+  }
+  pending_.clear();
+}
+
+void RedisTransport::resync_presence() {
+  const std::string key = channel("node:" + options_.node_id + ":users");
+  command(RedisLink::command, {"DEL", key});
+  pending_.push_back(Pending{Expect::ignore, 0});
+  std::vector<std::string> counts;
+  std::vector<std::string_view> args;
+  auto flush = [&] {
+    if (args.size() <= 2) return;
+    command(RedisLink::command, args);
+    pending_.push_back(Pending{Expect::ignore, 0});
+  };
+  args = {"HSET", key};
+  counts.reserve(presence_batch_users);
+  for (const auto& [user, n] : presence_) {
+    counts.push_back(std::to_string(n));
+    args.push_back(user);
+    args.push_back(counts.back());
+    if (counts.size() == presence_batch_users) {
+      flush();
+      args = {"HSET", key};
+      counts.clear();
+    }
+  }
+  flush();
+  command(RedisLink::command, {"SADD", channel("nodes"), options_.node_id});
+  pending_.push_back(Pending{Expect::ignore, 0});
+  refresh_presence();
+}
+
+void RedisTransport::refresh_presence() {
+  command(RedisLink::command, {"PEXPIRE", channel("node:" + options_.node_id + ":users"),
+                               std::to_string(options_.presence_ttl_ms)});
+  pending_.push_back(Pending{Expect::ignore, 0});
+  next_refresh_ms_ = now_ms_ + std::max<uint32_t>(1, options_.presence_ttl_ms / 3);
+}
+
+std::string_view RedisTransport::output(RedisLink l) const {
+  const Link& k = links_[size_t(l)];
+  return std::string_view(k.out).substr(k.out_head);
+}
+
+void RedisTransport::consume_output(RedisLink l, size_t n) {
+  Link& k = link(l);
+  assert(n <= k.out.size() - k.out_head);
+  k.out_head += n;
+  if (k.out_head == k.out.size()) {
+    k.out.clear();
+    k.out_head = 0;
+  } else if (k.out_head > 64 * 1024 && k.out_head * 2 > k.out.size()) {
+    k.out.erase(0, k.out_head);
+    k.out_head = 0;
+  }
+}
+
+}  // namespace wsgate

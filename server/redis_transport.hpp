@@ -1,0 +1,177 @@
+#pragma once
+// The production transport: Redis pub/sub for topics, Redis hashes for
+// presence. Sans-IO like the core: hiredis is used only as a codec (its
+// reply reader and command formatter); the two TCP connections it needs are
+// opened, read and written by whoever drives it (the io_uring loop in the
+// server, a plain poll() loop in tests) through RedisIo and the on_* calls.
+//
+// Two links: `command` (PUBLISH, presence writes; every command has one
+// reply, answered in order) and `subscriber` (SUBSCRIBE mode). The
+// transport is `connected` only when both are up and every topic it needs
+// is confirmed subscribed again; until then publish() answers `unavailable`
+// and the gateway tells the sender. Nothing is queued while offline, so
+// nothing is flushed to nodes that have not resubscribed yet.
+//
+// Keys and channels (prefix P, default "wsgate:"):
+//   P{topic}              channels: P user:{id}, P broadcast, P load, P node:{id}
+//   P node:{id}:users     hash user -> connections on that node; expires
+//                         presence_ttl_ms after the node's last refresh,
+//                         so a crashed node's users disappear
+//   P nodes               set of node ids that have held connections
+//   P events              channel: presence events, one JSON object each:
+//     {"event":"online","user_id":U,"node_id":N,"connections":1}
+//     {"event":"offline","user_id":U,"node_id":N,"connections":0}
+//     {"event":"node_up","node_id":N}   (after (re)connecting: re-read its hash)
+#include <cstdint>
+#include <deque>
+#include <set>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "wsgate/gateway.hpp"
+#include "wsgate/transport.hpp"
+
+struct redisReader;
+
+namespace wsgate {
+
+struct RedisOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 6379;
+  std::string password;              // AUTH when not empty
+  std::string prefix = "wsgate:";
+  std::string node_id;
+  uint32_t presence_ttl_ms = 15000;  // a silent node's users vanish after this
+  uint32_t reconnect_min_ms = 50;    // backoff doubles from here...
+  uint32_t reconnect_max_ms = 2000;  // ...up to here
+  uint32_t connect_timeout_ms = 2000;
+  // Commands not yet written to the command link; past it publish()
+  // answers backpressure.
+  uint32_t max_output_bytes = 8 * 1024 * 1024;
+  // Largest message; Redis itself allows 512 MiB, a gateway does not need it.
+  uint32_t max_payload_bytes = 1024 * 1024;
+  // Messages read but not yet delivered by poll().
+  uint32_t max_inbound_bytes = 16 * 1024 * 1024;
+  // After (re)connecting, a PUBLISH that reached no subscriber may just have
+  // beaten the other nodes' resubscription: it is reported lost, not taken
+  // as proof that the user is offline.
+  uint32_t resubscribe_grace_ms = 3000;
+};
+
+enum class RedisLink : uint8_t { command = 0, subscriber = 1 };
+
+// What the transport needs from an event loop.
+class RedisIo {
+ public:
+  virtual ~RedisIo() = default;
+  // Open a TCP connection to options.host:port for link; answer with
+  // on_connected or on_disconnected.
+  virtual void redis_connect(RedisLink link) = 0;
+  // output(link) has bytes to write.
+  virtual void redis_want_write(RedisLink link) = 0;
+  // Drop the connection (protocol error, timeout); answer on_disconnected.
+  virtual void redis_close(RedisLink link) = 0;
+};
+
+struct RedisStats {
+  uint64_t connects = 0;
+  uint64_t disconnects = 0;
+  uint64_t published = 0;
+  uint64_t publish_unavailable = 0;
+  uint64_t publish_backpressure = 0;
+  uint64_t publish_lost = 0;       // accepted, then reported lost
+  uint64_t messages_received = 0;
+  uint64_t inbound_dropped = 0;    // over max_inbound_bytes (counted, never silent)
+  uint64_t errors = 0;             // error replies
+};
+
+class RedisTransport final : public Transport {
+ public:
+  RedisTransport(RedisOptions options, RedisIo& io);
+  ~RedisTransport() override;
+
+  // Transport
+  const char* name() const override { return "redis"; }
+  void set_sink(TransportSink* sink) override { sink_ = sink; }
+  void subscribe(std::string_view topic) override;
+  void unsubscribe(std::string_view topic) override;
+  PublishStatus publish(std::string_view topic, std::string_view payload) override;
+  void set_presence(std::string_view user, uint32_t connections) override;
+  size_t poll(uint64_t now_ms) override;
+  TransportState state() const override { return connected_ ? TransportState::connected : TransportState::disconnected; }
+
+  // From the event loop.
+  void on_connected(RedisLink link, uint64_t now_ms);
+  void on_data(RedisLink link, const char* data, size_t n, uint64_t now_ms);
+  void on_disconnected(RedisLink link, uint64_t now_ms);
+  // Bytes to write on link, and how many were written.
+  std::string_view output(RedisLink link) const;
+  void consume_output(RedisLink link, size_t n);
+  // When poll() next has timed work (reconnect, presence refresh).
+  uint64_t next_timer_ms() const;
+
+  const RedisOptions& options() const { return options_; }
+  const RedisStats& stats() const { return stats_; }
+  bool link_up(RedisLink link) const { return links_[size_t(link)].phase == Phase::ready; }
+
+ private:
+  enum class Phase : uint8_t { down, connecting, authenticating, ready };
+  // What the reply to a command on the command link means to us.
+  enum class Expect : uint8_t { ignore, auth, publish };
+  struct Pending {
+    Expect what;
+    uint64_t publish_number;
+  };
+  struct Link {
+    Phase phase = Phase::down;
+    redisReader* reader = nullptr;
+    std::string out;           // formatted, not yet written
+    size_t out_head = 0;       // written bytes at the front of out
+    uint64_t retry_at_ms = 0;  // when to connect again
+    uint32_t backoff_ms = 0;
+    uint64_t connecting_since_ms = 0;
+  };
+  struct Inbound {
+    std::string topic;  // without the prefix
+    std::string payload;
+  };
+
+  Link& link(RedisLink l) { return links_[size_t(l)]; }
+  void command(RedisLink l, std::initializer_list<std::string_view> args);
+  void command(RedisLink l, const std::vector<std::string_view>& args);
+  void start_session(RedisLink l, uint64_t now_ms);
+  void on_ready(RedisLink l, uint64_t now_ms);
+  void handle_reply(RedisLink l, void* reply, uint64_t now_ms);
+  void handle_command_reply(void* reply, uint64_t now_ms);
+  void handle_subscriber_reply(void* reply);
+  void fail_link(RedisLink l, uint64_t now_ms);
+  void lose_pending_publishes();
+  void update_connected();
+  void resync_presence();
+  void refresh_presence();
+  void publish_event(std::string_view json);
+  std::string channel(std::string_view topic) const;
+
+  RedisOptions options_;
+  RedisIo& io_;
+  TransportSink* sink_ = nullptr;
+  Link links_[2];
+  std::deque<Pending> pending_;       // replies awaited on the command link, in order
+  std::set<std::string> topics_;      // what this node wants subscribed
+  size_t resubscribe_acks_due_ = 0;   // subscribe confirmations awaited after connect
+  std::deque<Inbound> inbound_;
+  size_t inbound_bytes_ = 0;
+  std::unordered_map<std::string, uint32_t, StringHash, std::equal_to<>> presence_;
+  uint64_t next_refresh_ms_ = 0;
+  uint64_t connected_at_ms_ = 0;
+  uint64_t publish_number_ = 0;       // accepted publishes so far
+  uint64_t now_ms_ = 0;
+  bool connected_ = false;
+  bool reported_connected_ = false;   // last state told to the sink
+  bool started_ = false;
+  RedisStats stats_;
+};
+
+}  // namespace wsgate
