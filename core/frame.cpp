@@ -1,9 +1,9 @@
 // Shared server frames: one allocation holds the reference count, the
 // header and the payload, so a frame is one iovec and one free().
 #include "wsgate/frame.hpp"
+#include "wsgate/assert.hpp"
 #include "wsgate/json_escape.hpp"
 
-#include <cassert>
 #include <cstddef>
 #include <cstdlib>
 #include <new>
@@ -64,19 +64,19 @@ FrameBuilder::~FrameBuilder() {
 }
 
 void FrameBuilder::append(std::string_view s) {
-  assert(len_ + s.size() <= max_);
+  WSGATE_ASSERT(len_ + s.size() <= max_);
   std::memcpy(f_->bytes_ + header_slot_ + len_, s.data(), s.size());
   len_ += s.size();
 }
 
 void FrameBuilder::append_json_string(std::string_view s) {
-  assert(len_ + json_escaped_bytes(s) <= max_);
+  WSGATE_ASSERT(len_ + json_escaped_bytes(s) <= max_);
   len_ += write_json_string(reinterpret_cast<char*>(f_->bytes_ + header_slot_ + len_), s);
 }
 
 FrameRef FrameBuilder::finish(Opcode op) {
   const size_t header = frame_header_bytes(len_);
-  assert(header <= header_slot_);
+  WSGATE_ASSERT(header <= header_slot_);
   f_->offset_ = uint32_t(header_slot_ - header);
   encode_frame_header(f_->bytes_ + f_->offset_, op, len_);
   f_->size_ = uint32_t(header + len_);

@@ -1,7 +1,7 @@
 #include "wsgate/gateway.hpp"
+#include "wsgate/assert.hpp"
 
 #include <algorithm>
-#include <cassert>
 
 #include "wsgate/json_escape.hpp"
 #include "wsgate/protocol.hpp"
@@ -20,7 +20,6 @@ constexpr std::string_view node_topic_prefix = "node:";
 constexpr std::string_view broadcast_topic = "broadcast";
 constexpr std::string_view load_topic = "load";
 constexpr uint64_t drain_step_ms = 100;
-constexpr uint64_t never_ms = UINT64_MAX;
 
 std::string hex(uint64_t v) {
   static constexpr char digits[] = "0123456789abcdef";
@@ -91,8 +90,8 @@ Gateway::Gateway(GatewayConfig config, Transport* transport)
       transport_(transport),
       ping_frame_(FrameRef::encode(Opcode::ping, {})),
       pong_frame_(FrameRef::encode(Opcode::text, R"({"type":"pong"})")) {
-  assert(limits_are_consistent(config_.limits));
-  assert(config_.node_id.find('\n') == std::string::npos);
+  WSGATE_ASSERT(limits_are_consistent(config_.limits));
+  WSGATE_ASSERT(config_.node_id.find('\n') == std::string::npos);
   origin_ = config_.node_id + "/" + hex(config_.incarnation);
   if (transport_) {
     transport_->set_sink(this);
@@ -146,7 +145,7 @@ ConnId Gateway::handle_open(std::string_view user_id, uint64_t now_ms) {
   }
   Slot& s = slots_[index];
   now_ms_ = now_ms;
-  assert(s.state == Slot::State::free && s.out.empty() && !s.user);
+  WSGATE_ASSERT(s.state == Slot::State::free && s.out.empty() && !s.user);
   s.state = Slot::State::open;
   s.last_seen_ms = now_ms;
   const ConnId id{index, s.generation};
@@ -189,11 +188,11 @@ void Gateway::detach_from_user(uint32_t index) {
   if (s.prev_of_user != no_slot) slots_[s.prev_of_user].next_of_user = s.next_of_user;
   else u.first = s.next_of_user;
   if (s.next_of_user != no_slot) slots_[s.next_of_user].prev_of_user = s.prev_of_user;
-  assert(u.count > 0);
+  WSGATE_ASSERT(u.count > 0);
   --u.count;
   update_presence(*s.user);
   if (u.count == 0) {
-    assert(u.first == no_slot);
+    WSGATE_ASSERT(u.first == no_slot);
     if (transport_) {
       topic_scratch_.assign(user_topic_prefix).append(s.user->first);
       transport_->unsubscribe(topic_scratch_);
@@ -270,7 +269,7 @@ void Gateway::handle_closed(ConnId id) {
   s->dirty = false;
   ++s->generation;  // every id held for the old connection is now stale
   free_slots_.push_back(id.index);
-  assert(open_count_ > 0);
+  WSGATE_ASSERT(open_count_ > 0);
   --open_count_;
   --metrics_.connections_open;
 }
@@ -522,17 +521,42 @@ std::vector<CloseRequest> Gateway::take_closes() {
 
 Outbox& Gateway::outbox(ConnId id) {
   Slot* s = slot(id);
-  assert(s);
+  WSGATE_ASSERT(s);
   return s->out;
 }
 
+// Control frames from the framing layer (pongs, the close frame) are held
+// to the same send_queue_max_bytes as messages: a peer that pings and never
+// reads is a slow consumer too. Once closing, only the close frame goes out.
 void Gateway::push_control(ConnId id, const uint8_t* bytes, size_t n) {
   Slot* s = slot(id);
   if (!s) return;
-  s->out.push(FrameRef::copy_of(bytes, n));
-  if (!s->dirty) {
-    s->dirty = true;
-    dirty_.push_back(id);
+  while (n >= 2) {
+    // Server frames are unmasked: the header length follows from byte 1.
+    const uint8_t len7 = bytes[1] & 0x7F;
+    const size_t header = len7 < 126 ? 2 : len7 == 126 ? 4 : 10;
+    size_t payload = len7;
+    if (len7 >= 126) {
+      payload = 0;
+      for (size_t i = 2; i < header && i < n; ++i) payload = (payload << 8) | bytes[i];
+    }
+    const size_t frame = std::min(n, header + payload);
+    const bool is_close = (bytes[0] & 0x0F) == uint8_t(Opcode::close);
+    if (is_close || s->state == Slot::State::open) {
+      if (!is_close && s->out.queued_bytes() + frame > config_.limits.send_queue_max_bytes) {
+        ++metrics_.slow_consumer_closes_total;
+        s->out.drop_unsent();
+        request_close(id, CloseCode::policy_violation, "slow consumer");
+      } else {
+        s->out.push(FrameRef::copy_of(bytes, frame));
+        if (!s->dirty) {
+          s->dirty = true;
+          dirty_.push_back(id);
+        }
+      }
+    }
+    bytes += frame;
+    n -= frame;
   }
 }
 

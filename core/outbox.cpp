@@ -1,6 +1,6 @@
 #include "wsgate/outbox.hpp"
+#include "wsgate/assert.hpp"
 
-#include <cassert>
 
 namespace wsgate {
 
@@ -19,7 +19,7 @@ size_t Outbox::gather(std::span<ByteRange> out) const {
 }
 
 void Outbox::consume(size_t n) {
-  assert(n <= queued_bytes_);
+  WSGATE_ASSERT(n <= queued_bytes_);
   queued_bytes_ -= n;
   while (n > 0) {
     const size_t left = frames_[head_]->size() - head_offset_;

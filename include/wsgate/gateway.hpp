@@ -111,8 +111,10 @@ class Gateway : private TransportSink {
   // connection gets no more data frames; its outbox still drains.
   std::vector<CloseRequest> take_closes();
   Outbox& outbox(ConnId id);
-  // Bytes the driver must write for a connection outside the protocol
-  // (wslay's control frames: pong, close echo). Counts towards the limit.
+  // Whole frames the driver must write for a connection outside the
+  // protocol (wslay's pongs and close frame). They count towards
+  // send_queue_max_bytes like messages; once closing, only a close frame
+  // is taken.
   void push_control(ConnId id, const uint8_t* bytes, size_t n);
   // The driver wrote n bytes of the outbox.
   void handle_sent(ConnId id, size_t n);

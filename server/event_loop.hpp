@@ -1,0 +1,162 @@
+#pragma once
+// One thread, one io_uring: the driver of the gateway core for real sockets.
+//
+// Each iteration:
+//   1. submit what was prepared and wait for a completion or the earliest
+//      deadline (core tick, handshake timeout, close timeout, shutdown);
+//   2. read the clock once (now_ms for everything that follows);
+//   3. handle every completion: accepts, received bytes (HTTP head or
+//      WebSocket frames), finished sends, closes, the signalfd;
+//   4. expire deadlines and tick the core;
+//   5. carry out the closes the core asked for;
+//   6. write: one sendmsg per connection that has bytes and no send in
+//      flight (the core's dirty list plus our own pending list);
+//   7. hand receive buffers back and re-arm stopped multishot receives.
+//
+// Completions are routed by an explicit user_data (user_data.hpp); socket
+// slots live in a SocketTable; received bytes come from a provided-buffer
+// ring, so an idle connection owns no receive buffer.
+#include <liburing.h>
+#include <signal.h>
+#include <sys/signalfd.h>
+#include <sys/uio.h>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "buffer_ring.hpp"
+#include "listener.hpp"
+#include "options.hpp"
+#include "socket_table.hpp"
+#include "wsgate/gateway.hpp"
+#include "wsgate/handshake.hpp"
+
+namespace wsgate::server {
+
+class EventLoop {
+ public:
+  EventLoop(const ServerOptions& options, unsigned ring_setup_flags);
+  ~EventLoop();
+  EventLoop(const EventLoop&) = delete;
+  EventLoop& operator=(const EventLoop&) = delete;
+
+  // Binds the listener, sets up the ring, the receive buffers and the
+  // signalfd (SIGTERM and SIGINT are blocked for the process from here on).
+  // Returns an error line, or empty.
+  std::string start();
+  // "HOST:PORT" as bound.
+  const std::string& listen_address() const { return listener_.address; }
+  uint32_t socket_capacity() const { return sockets_.capacity(); }
+
+  // Serves until SIGTERM/SIGINT and the shutdown are complete. Returns the
+  // process exit code.
+  int run();
+
+ private:
+  struct SlotRef {
+    uint32_t index;
+    uint32_t generation;
+  };
+  struct Deadline {
+    uint64_t at_ms;
+    SlotRef slot;
+  };
+  static constexpr size_t max_iov = 64;
+  // The msghdr and iovecs of one sendmsg, valid until the next submit
+  // (IORING_FEAT_SUBMIT_STABLE: the kernel has copied them by then).
+  struct SendScratch {
+    msghdr msg;
+    iovec iov[max_iov];
+  };
+
+  // --- the ring -------------------------------------------------------------
+  io_uring_sqe* get_sqe();
+  void submit_now();
+  void wait_for_completions();
+  void process_completions();
+  void handle_completion(const io_uring_cqe& cqe);
+  uint64_t next_deadline_ms() const;
+
+  // --- submissions ----------------------------------------------------------
+  void arm_accept();
+  void arm_signal_read();
+  void arm_recv(Socket& s, uint32_t index);
+  void submit_send(Socket& s, uint32_t index);
+
+  // --- completions ----------------------------------------------------------
+  void on_accept(const io_uring_cqe& cqe);
+  void on_recv(Socket& s, uint32_t index, const io_uring_cqe& cqe);
+  void on_send(Socket& s, uint32_t index, const io_uring_cqe& cqe);
+  void on_close(Socket& s, uint32_t index, const io_uring_cqe& cqe);
+  void on_signal(const io_uring_cqe& cqe);
+  void on_peer_eof(Socket& s, uint32_t index);
+
+  // --- HTTP phase (event_loop_http.cpp) -------------------------------------
+  void handle_http_bytes(Socket& s, uint32_t index, const uint8_t* data, size_t n);
+  void handle_request(Socket& s, uint32_t index, const RequestHead& head);
+  void upgrade(Socket& s, uint32_t index, const RequestHead& head);
+  void respond(Socket& s, uint32_t index, uint16_t status, std::string_view content_type,
+               std::string_view body);
+  std::string render_metrics() const;
+
+  // --- per iteration --------------------------------------------------------
+  void run_timers();
+  void carry_out_closes();
+  void flush_writes();
+  void rearm_receives();
+
+  // --- connection state -----------------------------------------------------
+  void settle_session(Socket& s, uint32_t index);
+  void mark_write_pending(Socket& s, uint32_t index);
+  void want_rearm(Socket& s, uint32_t index);
+  bool has_bytes_to_write(Socket& s);
+  // Closes the socket: cancel what is in flight, then close. The slot is
+  // freed (and the core told) once every completion is in.
+  void teardown(Socket& s, uint32_t index);
+  void maybe_release(Socket& s, uint32_t index);
+  uint32_t socket_of(ConnId id) const;
+
+  // --- shutdown -------------------------------------------------------------
+  void begin_shutdown(uint32_t signo);
+  void close_listener();
+  void force_close_all();
+  bool finished() const;
+
+  ServerOptions options_;
+  unsigned setup_flags_;
+  Gateway gateway_;
+  SocketTable sockets_;
+  io_uring ring_{};
+  bool ring_up_ = false;
+  std::unique_ptr<BufferRing> buffers_;
+  Listener listener_;
+  int signal_fd_ = -1;
+  signalfd_siginfo siginfo_{};
+
+  uint64_t now_ms_ = 0;
+  bool accept_armed_ = false;
+  bool listener_closing_ = false;
+  bool listener_closed_ = false;
+  uint64_t accept_retry_at_ms_ = 0;
+  uint64_t last_accept_error_log_ms_ = 0;
+
+  std::vector<uint32_t> conn_to_socket_;  // core ConnId index -> socket index
+  std::vector<SlotRef> pending_writes_;
+  std::vector<SlotRef> rearm_;
+  // Every handshake (and every close) waits the same time, so deadlines are
+  // pushed in time order: a FIFO is a priority queue here.
+  std::deque<Deadline> handshake_deadlines_;
+  std::deque<Deadline> close_deadlines_;
+  std::vector<std::unique_ptr<SendScratch>> scratch_;
+  size_t scratch_used_ = 0;
+
+  bool shutting_down_ = false;
+  bool shutdown_forced_ = false;
+  uint64_t shutdown_deadline_ms_ = 0;
+  uint64_t recv_buffers_exhausted_total_ = 0;
+};
+
+}  // namespace wsgate::server

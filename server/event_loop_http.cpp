@@ -1,0 +1,143 @@
+// The HTTP phase of a socket: the request head is gathered (bounded by
+// max_header_bytes, and by the handshake deadline in event_loop.cpp), then
+// routed: /ws upgrades to a WebSocket, /health and /metrics answer and
+// close, anything else is refused.
+#include <cstring>
+
+#include "event_loop.hpp"
+#include "http_router.hpp"
+#include "log.hpp"
+
+namespace wsgate::server {
+namespace {
+
+constexpr uint32_t no_socket = UINT32_MAX;
+
+void append_label_value(std::string& out, std::string_view v) {
+  for (char c : v) {
+    if (c == '\\' || c == '"') out += '\\';
+    if (c == '\n') {
+      out += "\\n";
+      continue;
+    }
+    out += c;
+  }
+}
+
+}  // namespace
+
+void EventLoop::handle_http_bytes(Socket& s, uint32_t index, const uint8_t* data, size_t n) {
+  if (!s.http) s.http = std::make_unique<HttpState>();
+  HttpState& h = *s.http;
+  if (h.responding) return;  // a plain response is on its way; the rest is ignored
+  h.head.append(reinterpret_cast<const char*>(data), n);
+  RequestHead head;
+  switch (parse_request_head(h.head, options_.limits.max_header_bytes, head)) {
+    case HeadStatus::incomplete:
+      return;
+    case HeadStatus::too_large:
+      gateway_.metrics().reject(RejectReason::header_too_large);
+      return respond(s, index, 431, "text/plain", "request header fields too large");
+    case HeadStatus::malformed:
+      gateway_.metrics().reject(RejectReason::bad_request);
+      return respond(s, index, 400, "text/plain", "malformed request");
+    case HeadStatus::complete:
+      return handle_request(s, index, head);
+  }
+}
+
+void EventLoop::handle_request(Socket& s, uint32_t index, const RequestHead& head) {
+  switch (route_request(head)) {
+    case Route::websocket:
+      return upgrade(s, index, head);
+    case Route::health:
+      return respond(s, index, 200, "application/json", gateway_.render_health());
+    case Route::metrics:
+      return respond(s, index, 200, "text/plain; version=0.0.4", render_metrics());
+    case Route::method_not_allowed:
+      gateway_.metrics().reject(RejectReason::bad_request);
+      return respond(s, index, 405, "text/plain", "method not allowed");
+    case Route::not_found:
+      gateway_.metrics().reject(RejectReason::not_found);
+      return respond(s, index, 404, "text/plain", "not found");
+  }
+}
+
+// RFC 6455 4.2: validate, admit, answer 101, open the core connection and
+// hand it whatever the client sent after its head (a pipelined first frame).
+void EventLoop::upgrade(Socket& s, uint32_t index, const RequestHead& head) {
+  const UpgradeCheck check = check_upgrade(head);
+  if (!check.ok()) {
+    gateway_.metrics().reject(check.status == 426 ? RejectReason::bad_version : RejectReason::bad_request);
+    return respond(s, index, check.status, "text/plain", check.reason);
+  }
+  switch (gateway_.handle_upgrade_request(peer_ip_bytes(s.fd), now_ms_)) {
+    case Admission::ok:
+      break;
+    case Admission::too_many_connections:
+      gateway_.metrics().reject(RejectReason::too_many_connections);
+      return respond(s, index, 503, "text/plain", "too many connections");
+    case Admission::rate_limited:
+      gateway_.metrics().reject(RejectReason::rate_limited);
+      return respond(s, index, 429, "text/plain", "too many connections from this address");
+    case Admission::draining:
+      gateway_.metrics().reject(RejectReason::draining);
+      return respond(s, index, 503, "text/plain", "node is draining");
+  }
+  if (shutting_down_) {
+    gateway_.metrics().reject(RejectReason::draining);
+    return respond(s, index, 503, "text/plain", "server shutting down");
+  }
+  // A missing or badly encoded user_id opens with "" and the core closes
+  // 4001; one that is too long is passed on, and the core closes 4001 too,
+  // saying why.
+  const std::string user_id = query_param(head.query, "user_id").value_or("");
+  HttpState& h = *s.http;
+  std::string response = switching_protocols_response(head.websocket_key);
+  std::string pipelined = h.head.substr(head.head_bytes);  // head's views die below
+
+  const ConnId conn = gateway_.handle_open(user_id, now_ms_);
+  if (conn.index >= conn_to_socket_.size()) conn_to_socket_.resize(size_t(conn.index) + 1, no_socket);
+  conn_to_socket_[conn.index] = index;
+  s.conn = conn;
+  s.ws.emplace(gateway_, conn, options_.limits);
+  s.phase = Phase::websocket;
+
+  h.response = std::move(response);
+  h.responding = true;
+  h.close_after_response = false;
+  std::string().swap(h.head);  // the head buffer is not kept past the handshake
+  mark_write_pending(s, index);
+  if (!pipelined.empty()) {
+    s.ws->feed(reinterpret_cast<const uint8_t*>(pipelined.data()), pipelined.size(), now_ms_);
+    settle_session(s, index);
+  }
+}
+
+void EventLoop::respond(Socket& s, uint32_t index, uint16_t status, std::string_view content_type,
+                        std::string_view body) {
+  HttpState& h = *s.http;
+  h.response = http_response(status, content_type, body);
+  h.response_sent = 0;
+  h.responding = true;
+  h.close_after_response = true;
+  std::string().swap(h.head);
+  mark_write_pending(s, index);
+}
+
+std::string EventLoop::render_metrics() const {
+  std::string out = gateway_.metrics().render_prometheus(options_.node_id);
+  std::string label = "{node_id=\"";
+  append_label_value(label, options_.node_id);
+  label += "\"} ";
+  out += "# HELP wsgate_recv_buffers_exhausted_total Multishot receives stopped because every "
+         "provided receive buffer was in use (re-armed).\n"
+         "# TYPE wsgate_recv_buffers_exhausted_total counter\n"
+         "wsgate_recv_buffers_exhausted_total" + label + std::to_string(recv_buffers_exhausted_total_) + "\n";
+  out += "# HELP wsgate_sockets_in_use Sockets held by the event loop (handshakes included).\n"
+         "# TYPE wsgate_sockets_in_use gauge\n"
+         "wsgate_sockets_in_use" + label + std::to_string(sockets_.in_use()) + "\n";
+  return out;
+}
+
+}  // namespace wsgate::server

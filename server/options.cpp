@@ -1,0 +1,260 @@
+#include "options.hpp"
+
+#include <unistd.h>
+
+#include <array>
+#include <charconv>
+#include <climits>
+#include <optional>
+#include <string_view>
+
+namespace wsgate::server {
+namespace {
+
+// One row per field of Limits: the flag is the field name with dashes, the
+// variable WSGATE_ + the field name in upper case.
+struct LimitFlag {
+  const char* flag;
+  const char* env;
+  uint32_t Limits::*field;
+  const char* unit;
+  const char* help;
+};
+
+constexpr std::array<LimitFlag, 18> limit_flags{{
+    {"--max-connections", "WSGATE_MAX_CONNECTIONS", &Limits::max_connections, "connections",
+     "established WebSocket connections per node; the next upgrade gets 503"},
+    {"--max-connections-per-ip", "WSGATE_MAX_CONNECTIONS_PER_IP", &Limits::max_connections_per_ip,
+     "connections", "new connections one client IP may open per window; the next gets 429"},
+    {"--ip-window-ms", "WSGATE_IP_WINDOW_MS", &Limits::ip_window_ms, "milliseconds",
+     "length of the per-IP connection window"},
+    {"--max-tracked-ips", "WSGATE_MAX_TRACKED_IPS", &Limits::max_tracked_ips, "addresses",
+     "client IPs tracked by the rate limiter; when full, new IPs get 429"},
+    {"--max-message-bytes", "WSGATE_MAX_MESSAGE_BYTES", &Limits::max_message_bytes, "bytes",
+     "largest message accepted after reassembly; above it: close 1009"},
+    {"--send-queue-max-bytes", "WSGATE_SEND_QUEUE_MAX_BYTES", &Limits::send_queue_max_bytes, "bytes",
+     "unsent bytes queued to one connection; past it: close 1008 (slow consumer)"},
+    {"--heartbeat-interval-ms", "WSGATE_HEARTBEAT_INTERVAL_MS", &Limits::heartbeat_interval_ms,
+     "milliseconds", "the server pings every connection this often"},
+    {"--idle-timeout-ms", "WSGATE_IDLE_TIMEOUT_MS", &Limits::idle_timeout_ms, "milliseconds",
+     "a connection silent this long is closed (1001)"},
+    {"--max-header-bytes", "WSGATE_MAX_HEADER_BYTES", &Limits::max_header_bytes, "bytes",
+     "HTTP request head before the upgrade; above it: 431"},
+    {"--handshake-timeout-ms", "WSGATE_HANDSHAKE_TIMEOUT_MS", &Limits::handshake_timeout_ms,
+     "milliseconds", "from accept to a complete request head (slowloris)"},
+    {"--close-timeout-ms", "WSGATE_CLOSE_TIMEOUT_MS", &Limits::close_timeout_ms, "milliseconds",
+     "after our close frame, how long we wait for the peer's"},
+    {"--shutdown-timeout-ms", "WSGATE_SHUTDOWN_TIMEOUT_MS", &Limits::shutdown_timeout_ms,
+     "milliseconds", "on SIGTERM/SIGINT, the longest wait for close handshakes"},
+    {"--max-user-id-bytes", "WSGATE_MAX_USER_ID_BYTES", &Limits::max_user_id_bytes, "bytes",
+     "longest user_id accepted (decoded); longer: close 4001"},
+    {"--load-report-interval-ms", "WSGATE_LOAD_REPORT_INTERVAL_MS", &Limits::load_report_interval_ms,
+     "milliseconds", "cluster: how often this node publishes its connection count"},
+    {"--rebalance-tolerance-pct", "WSGATE_REBALANCE_TOLERANCE_PCT", &Limits::rebalance_tolerance_pct,
+     "percent", "cluster: load above the mean by this much sheds connections (4002); 0: off"},
+    {"--rebalance-max-moves-per-s", "WSGATE_REBALANCE_MAX_MOVES_PER_S",
+     &Limits::rebalance_max_moves_per_s, "connections/s", "cluster: at most this many 4002 closes per second"},
+    {"--drain-max-closes-per-s", "WSGATE_DRAIN_MAX_CLOSES_PER_S", &Limits::drain_max_closes_per_s,
+     "connections/s", "a draining node closes its connections (1001) at most this fast"},
+    {"--max-tracked-origins", "WSGATE_MAX_TRACKED_ORIGINS", &Limits::max_tracked_origins, "publishers",
+     "cluster: publishers whose last sequence number is kept to drop duplicates"},
+}};
+
+// A field added to Limits without a flag here fails the build.
+static_assert(sizeof(Limits) == limit_flags.size() * sizeof(uint32_t), "every field of Limits needs a flag");
+
+enum class StringFlag : uint8_t { host, port, node_id, transport, redis };
+
+struct OtherFlag {
+  const char* flag;
+  const char* env;
+  StringFlag which;
+  const char* help;
+};
+
+constexpr std::array<OtherFlag, 5> other_flags{{
+    {"--host", "WSGATE_HOST", StringFlag::host, "address to listen on"},
+    {"--port", "PORT", StringFlag::port, "TCP port to listen on; 0 picks a free port"},
+    {"--node-id", "NODE_ID", StringFlag::node_id, "this node's id in logs, /health and /metrics"},
+    {"--transport", "WSGATE_TRANSPORT", StringFlag::transport,
+     "local (one process); redis and shm are not available yet"},
+    {"--redis", "REDIS_HOST", StringFlag::redis,
+     "HOST:PORT of Redis for --transport redis (REDIS_PORT sets the port)"},
+}};
+
+std::optional<uint64_t> parse_unsigned(std::string_view s, uint64_t max) {
+  if (s.empty()) return std::nullopt;
+  uint64_t v = 0;
+  auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+  if (ec != std::errc() || end != s.data() + s.size() || v > max) return std::nullopt;
+  return v;
+}
+
+std::string host_name() {
+  char buf[HOST_NAME_MAX + 1] = {};
+  if (gethostname(buf, sizeof buf - 1) != 0 || buf[0] == 0) return "wsgate";
+  return buf;
+}
+
+// Applies one value to the options, from a flag or a variable (source names
+// it in the error). Returns an error line, or empty.
+std::string apply_limit(ServerOptions& o, const LimitFlag& f, std::string_view value,
+                        std::string_view source) {
+  auto v = parse_unsigned(value, UINT32_MAX);
+  if (!v) {
+    return std::string(source) + ": expected a whole number of " + f.unit + " (0.." +
+           std::to_string(UINT32_MAX) + "), got '" + std::string(value) + "'";
+  }
+  o.limits.*f.field = uint32_t(*v);
+  return {};
+}
+
+std::string apply_other(ServerOptions& o, const OtherFlag& f, std::string_view value,
+                        std::string_view source) {
+  switch (f.which) {
+    case StringFlag::host:
+      if (value.empty()) return std::string(source) + ": empty host";
+      o.host = value;
+      return {};
+    case StringFlag::port: {
+      auto v = parse_unsigned(value, 65535);
+      if (!v) return std::string(source) + ": expected a port number 0..65535, got '" + std::string(value) + "'";
+      o.port = uint16_t(*v);
+      return {};
+    }
+    case StringFlag::node_id:
+      if (value.empty()) return std::string(source) + ": empty node id";
+      o.node_id = value;
+      return {};
+    case StringFlag::transport:
+      o.transport = value;
+      return {};
+    case StringFlag::redis:
+      o.redis = value;
+      return {};
+  }
+  return {};
+}
+
+std::string check_transport(const ServerOptions& o) {
+  if (o.transport == "local") return {};
+  if (o.transport == "redis" || o.transport == "shm")
+    return "transport '" + o.transport + "' is not available yet; use --transport local";
+  return "unknown transport '" + o.transport + "'; expected local (redis and shm are not available yet)";
+}
+
+std::string default_text(const LimitFlag& f) { return std::to_string(Limits{}.*f.field); }
+
+}  // namespace
+
+std::string explain_inconsistent_limits(const Limits& l) {
+  if (limits_are_consistent(l)) return {};
+  std::string why;
+  auto add = [&](bool bad, const char* text) {
+    if (!bad) return;
+    if (!why.empty()) why += "; ";
+    why += text;
+  };
+  add(l.max_connections == 0, "max-connections must be > 0");
+  add(l.max_message_bytes == 0, "max-message-bytes must be > 0");
+  add(l.heartbeat_interval_ms == 0, "heartbeat-interval-ms must be > 0");
+  add(l.idle_timeout_ms < l.heartbeat_interval_ms, "idle-timeout-ms must be >= heartbeat-interval-ms");
+  add(l.ip_window_ms == 0, "ip-window-ms must be > 0");
+  add(l.max_header_bytes < 256, "max-header-bytes must be >= 256");
+  add(l.max_tracked_ips == 0, "max-tracked-ips must be > 0");
+  add(l.load_report_interval_ms == 0, "load-report-interval-ms must be > 0");
+  add(l.max_tracked_origins == 0, "max-tracked-origins must be > 0");
+  add(l.drain_max_closes_per_s == 0, "drain-max-closes-per-s must be > 0");
+  const uint64_t need = uint64_t(l.max_message_bytes) + 64 + uint64_t(l.max_user_id_bytes) * json_escape_expansion;
+  if (uint64_t(l.send_queue_max_bytes) < need) {
+    if (!why.empty()) why += "; ";
+    why += "send-queue-max-bytes must be >= max-message-bytes + 64 + 6 * max-user-id-bytes (" +
+           std::to_string(need) + ")";
+  }
+  return "inconsistent limits: " + why;
+}
+
+std::string options_help() {
+  std::string h =
+      "usage: wsgate [--flag value | --flag=value]...\n"
+      "A WebSocket gateway node. Each flag has an environment variable; a flag\n"
+      "beats its variable, which beats the default.\n\n";
+  auto row = [&](const std::string& flag, const std::string& help, const std::string& dflt,
+                 const char* env) {
+    h += "  " + flag;
+    h += std::string(flag.size() < 34 ? 34 - flag.size() : 1, ' ');
+    h += help + "\n" + std::string(36, ' ') + "[default: " + dflt + "; env " + env + "]\n";
+  };
+  const ServerOptions d;
+  row("--host ADDRESS", other_flags[0].help, d.host, other_flags[0].env);
+  row("--port PORT", other_flags[1].help, std::to_string(d.port), other_flags[1].env);
+  row("--node-id ID", other_flags[2].help, "the host name", other_flags[2].env);
+  row("--transport local|redis|shm", other_flags[3].help, d.transport, other_flags[3].env);
+  row("--redis HOST:PORT", other_flags[4].help, "127.0.0.1:6379", other_flags[4].env);
+  h += "\nLimits (each N is a whole number, in the unit the name ends with):\n";
+  for (const LimitFlag& f : limit_flags) {
+    row(std::string(f.flag) + " N", f.help, default_text(f) + " " + f.unit, f.env);
+  }
+  h += "\n  --help                            print this text and exit\n";
+  return h;
+}
+
+OptionsOutcome parse_options(int argc, const char* const* argv, const EnvLookup& env) {
+  OptionsOutcome out;
+  ServerOptions& o = out.options;
+  auto fail = [&](std::string msg) {
+    out.kind = OptionsOutcome::Kind::error;
+    out.message = std::move(msg);
+    return out;
+  };
+
+  // Environment first, so flags parsed afterwards override it.
+  for (const OtherFlag& f : other_flags) {
+    if (const char* v = env(f.env)) {
+      if (std::string e = apply_other(o, f, v, f.env); !e.empty()) return fail(e);
+    }
+  }
+  if (const char* v = env("REDIS_PORT"); v && !o.redis.empty() && o.redis.find(':') == std::string::npos) {
+    o.redis += ":" + std::string(v);
+  }
+  for (const LimitFlag& f : limit_flags) {
+    if (const char* v = env(f.env)) {
+      if (std::string e = apply_limit(o, f, v, f.env); !e.empty()) return fail(e);
+    }
+  }
+
+  for (int i = 1; i < argc; ++i) {
+    std::string_view arg = argv[i];
+    if (arg == "--help" || arg == "-h") {
+      out.kind = OptionsOutcome::Kind::help;
+      out.message = options_help();
+      return out;
+    }
+    std::string_view name = arg;
+    std::optional<std::string_view> value;
+    if (size_t eq = arg.find('='); arg.starts_with("--") && eq != std::string_view::npos) {
+      name = arg.substr(0, eq);
+      value = arg.substr(eq + 1);
+    }
+    const LimitFlag* limit = nullptr;
+    const OtherFlag* other = nullptr;
+    for (const LimitFlag& f : limit_flags)
+      if (name == f.flag) limit = &f;
+    for (const OtherFlag& f : other_flags)
+      if (name == f.flag) other = &f;
+    if (!limit && !other) return fail("unknown argument '" + std::string(arg) + "' (see --help)");
+    if (!value) {
+      if (i + 1 >= argc) return fail(std::string(name) + " needs a value (see --help)");
+      value = argv[++i];
+    }
+    std::string e = limit ? apply_limit(o, *limit, *value, name) : apply_other(o, *other, *value, name);
+    if (!e.empty()) return fail(e);
+  }
+
+  if (std::string e = check_transport(o); !e.empty()) return fail(e);
+  if (std::string e = explain_inconsistent_limits(o.limits); !e.empty()) return fail(e);
+  if (o.node_id.empty()) o.node_id = host_name();
+  return out;
+}
+
+}  // namespace wsgate::server

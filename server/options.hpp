@@ -1,0 +1,44 @@
+#pragma once
+// The command line of wsgate: flags, their environment variables and
+// defaults. A flag beats its environment variable, which beats the default.
+// Parsing is a pure function of argv and an environment lookup, so tests
+// drive it without touching the process environment.
+#include <cstdint>
+#include <functional>
+#include <string>
+
+#include "wsgate/limits.hpp"
+
+namespace wsgate::server {
+
+struct ServerOptions {
+  std::string host = "127.0.0.1";
+  uint16_t port = 8080;  // 0: the kernel picks a free port
+  std::string node_id;   // empty until resolved: the host name by default
+  std::string transport = "local";
+  std::string redis;     // HOST:PORT, for --transport redis (not available yet)
+  Limits limits;
+};
+
+// What parse_options decided: run with these options, print the help and
+// exit 0, or print one error line and exit 2.
+struct OptionsOutcome {
+  enum class Kind : uint8_t { run, help, error };
+  Kind kind = Kind::run;
+  ServerOptions options;
+  std::string message;  // help text, or the error line (without newline)
+  int exit_code() const { return kind == Kind::error ? 2 : 0; }
+};
+
+// Returns the value of an environment variable, or nullptr if unset.
+using EnvLookup = std::function<const char*(const char* name)>;
+
+OptionsOutcome parse_options(int argc, const char* const* argv, const EnvLookup& env);
+
+// The text of --help: every flag with its unit, default and variable.
+std::string options_help();
+
+// Why limits_are_consistent() fails, in one line; empty if it holds.
+std::string explain_inconsistent_limits(const Limits& limits);
+
+}  // namespace wsgate::server

@@ -1,0 +1,358 @@
+// The virtual clients and the load balancer in front of the nodes. A client
+// connects, sends direct messages and (sometimes) broadcasts whose content
+// names it and its sequence number, reads what the node writes, answers
+// pings, and reconnects with exponential backoff and jitter when its
+// connection goes, at once when the server asks it to (4002, 1001).
+#include <algorithm>
+#include <charconv>
+
+#include "simulation.hpp"
+
+namespace wsgate::sim {
+
+namespace {
+uint64_t pack_conn(ConnId id) { return uint64_t(id.index) << 32 | id.generation; }
+
+// The numbers of a content array `[a,b,c]` at the end of a delivery.
+bool parse_content(std::string_view payload, uint64_t (&v)[3]) {
+  const size_t open = payload.rfind('[');
+  if (open == std::string_view::npos) return false;
+  const char* p = payload.data() + open + 1;
+  const char* end = payload.data() + payload.size();
+  for (int i = 0; i < 3; ++i) {
+    auto [next, ec] = std::from_chars(p, end, v[i]);
+    if (ec != std::errc()) return false;
+    p = next + 1;  // the comma (or the closing bracket)
+  }
+  return true;
+}
+}  // namespace
+
+void Simulation::schedule_connect(uint32_t c, uint64_t delay_ms) {
+  Client& cl = clients_[c];
+  cl.state = ClientState::offline;
+  ++cl.epoch;
+  sched_.after(delay_ms, EventKind::client_connect, c, cl.epoch);
+}
+
+// Exponential backoff with "equal jitter": half the step fixed, half random,
+// so a crowd that failed together does not come back together.
+uint64_t Simulation::backoff_ms(uint32_t attempts) {
+  const uint64_t step = std::min<uint64_t>(10000, 100ull << std::min<uint32_t>(attempts, 7));
+  return step / 2 + rng_.below(step / 2 + 1);
+}
+
+void Simulation::reconnect_after_failure(uint32_t c) {
+  Client& cl = clients_[c];
+  ++cl.attempts;
+  schedule_connect(c, backoff_ms(cl.attempts));
+}
+
+// The load balancer: only nodes that are up and not draining (a drained
+// pod leaves the Service's endpoints; a dead one fails its health check).
+uint32_t Simulation::pick_node(uint32_t c) {
+  uint32_t live[64];
+  uint32_t k = 0;
+  for (uint32_t n = 0; n < nodes_.size() && k < 64; ++n)
+    if (nodes_[n].up && !nodes_[n].draining) live[k++] = n;
+  if (k == 0) return none;
+  switch (o_.lb) {
+    case LbPolicy::ip_hash: return live[mix64(clients_[c].addr) % k];
+    case LbPolicy::random: return live[rng_.below(k)];
+    case LbPolicy::least_connections: {
+      uint32_t best = live[0];
+      uint64_t best_load = UINT64_MAX;
+      for (uint32_t i = 0; i < k; ++i) {
+        const Node& node = nodes_[live[i]];
+        const uint64_t load = node.gw->connection_count() + node.pending_arrivals;
+        if (load < best_load) {
+          best_load = load;
+          best = live[i];
+        }
+      }
+      return best;
+    }
+  }
+  return none;
+}
+
+void Simulation::on_connect(uint32_t c, uint32_t epoch) {
+  Client& cl = clients_[c];
+  if (cl.epoch != epoch || cl.state != ClientState::offline) return;
+  if (phase_ == Phase::leave || phase_ == Phase::end) {
+    cl.state = ClientState::gone;
+    return;
+  }
+  const uint32_t n = pick_node(c);
+  if (n == none) {
+    reconnect_after_failure(c);
+    return;
+  }
+  Node& node = nodes_[n];
+  cl.state = ClientState::connecting;
+  ++cl.epoch;
+  ++node.pending_arrivals;
+  ++result_.stats.connects;
+  trace_.record(sched_.now_ms(), TraceKind::connect_try, c, n);
+  sched_.after(latency_ms(), EventKind::client_arrive, c, cl.epoch, uint64_t(n) << 32 | node.life);
+}
+
+// The upgrade request reaches the node: admission, then the 101.
+void Simulation::on_arrive(uint32_t c, uint32_t epoch, uint32_t n, uint32_t life) {
+  Node& node = nodes_[n];
+  const bool node_ok = node.up && node.life == life;
+  if (node_ok && node.pending_arrivals > 0) --node.pending_arrivals;
+  Client& cl = clients_[c];
+  if (cl.epoch != epoch || cl.state != ClientState::connecting) return;
+  if (!node_ok) {  // connection refused: the node died meanwhile
+    ++result_.stats.connect_failed;
+    reconnect_after_failure(c);
+    return;
+  }
+  const uint64_t now = sched_.now_ms();
+  const char ip[4] = {char(cl.addr >> 24), char(cl.addr >> 16), char(cl.addr >> 8), char(cl.addr)};
+  const Admission adm = node.gw->handle_upgrade_request(std::string_view(ip, 4), now);
+  if (adm != Admission::ok) {
+    trace_.record(now, TraceKind::rejected, c, n, uint64_t(adm));
+    ++result_.stats.rejected;
+    reconnect_after_failure(c);
+    return;
+  }
+  const ConnId id = node.gw->handle_open(user_names_[cl.user], now);
+  if (node.conns.size() <= id.index) node.conns.resize(id.index + 1);
+  Conn& cn = node.conns[id.index];
+  cn = Conn{};
+  cn.generation = id.generation;
+  cn.live = true;
+  cn.client = c;
+  cn.user = cl.user;
+  cn.conn_no = ++cl.conn_no;
+  cl.state = ClientState::open;
+  ++cl.epoch;
+  cl.node = n;
+  cl.conn = id;
+  cl.opened_ms = now;
+  cl.attempts = 0;
+  cl.partial.clear();
+  ++result_.stats.opens;
+  if (cn.conn_no > 1) ++result_.stats.reconnects;
+  if (cl.failover_from != none) {
+    Node& old = nodes_[cl.failover_from];
+    if (old.crash_orphans > 0 && --old.crash_orphans == 0)
+      result_.stats.failover_ms_max = std::max(result_.stats.failover_ms_max, now - old.crashed_at_ms);
+    cl.failover_from = none;
+  }
+  trace_.record(now, TraceKind::opened, c, n, id.index);
+  sched_.after(rng_.around(o_.action_interval_ms), EventKind::client_act, c, cl.epoch);
+  service(n);
+}
+
+void Simulation::on_act(uint32_t c, uint32_t epoch) {
+  Client& cl = clients_[c];
+  if (cl.epoch != epoch || cl.state != ClientState::open) return;
+  if (phase_ == Phase::leave) {
+    leave(c, false);
+    return;
+  }
+  if (phase_ == Phase::faults && rng_.chance_ppm(o_.leave_ppm)) {
+    leave(c, true);
+    return;
+  }
+  send_direct(c);
+  if (cl.epoch == epoch && cl.state == ClientState::open)
+    sched_.after(rng_.around(o_.action_interval_ms), EventKind::client_act, c, epoch);
+}
+
+// {"type":"send_message","target_user":"uT","content":[client,seq,id]}
+void Simulation::send_direct(uint32_t c) {
+  Client& cl = clients_[c];
+  Node& node = nodes_[cl.node];
+  Gateway& gw = *node.gw;
+  const uint64_t now = sched_.now_ms();
+  const uint32_t target = uint32_t(rng_.below(user_clients_.size()));
+  const uint32_t g = uint32_t(directs_.size());
+  const uint32_t seq = ++cl.seq;
+  DirectRecord rec{now, c, cl.conn_no, cl.node, node.life, false, {}, {}};
+  for (uint32_t t : user_clients_[target]) {
+    const Client& tc = clients_[t];
+    if (tc.state == ClientState::open && !nodes_[tc.node].gw->is_closing(tc.conn))
+      rec.recipients.push_back({t, tc.conn_no, tc.node, 0});
+  }
+  scratch_.assign(R"({"type":"send_message","target_user":")")
+      .append(user_names_[target])
+      .append(R"(","content":[)")
+      .append(std::to_string(c))
+      .append(",")
+      .append(std::to_string(seq))
+      .append(",")
+      .append(std::to_string(g))
+      .append("]}");
+  const bool closing = gw.is_closing(cl.conn);
+  const uint64_t published_before = node.bus->counters().published;
+  directs_.push_back(std::move(rec));
+  gw.handle_text(cl.conn, scratch_, now);
+  DirectRecord& r = directs_.back();
+  r.accepted = !closing && node.bus->counters().published != published_before;
+  SimStats& s = result_.stats;
+  ++s.direct_sent;
+  if (r.recipients.empty()) ++s.direct_offline_target;
+  if (closing) ++s.direct_ignored_closing;
+  else if (!r.accepted) ++s.direct_refused;
+  trace_.record(now, TraceKind::sent_direct, c, g, target);
+  sched_.after(window_ms(), EventKind::check_direct, g);
+  service(cl.node);
+}
+
+// {"type":"broadcast","content":[client,seq,id]}; false if not sent.
+bool Simulation::send_broadcast(uint32_t c) {
+  Client& cl = clients_[c];
+  Node& node = nodes_[cl.node];
+  Gateway& gw = *node.gw;
+  const uint64_t now = sched_.now_ms();
+  const uint32_t b = uint32_t(broadcasts_.size());
+  const uint32_t seq = ++cl.seq;
+  scratch_.assign(R"({"type":"broadcast","content":[)")
+      .append(std::to_string(c))
+      .append(",")
+      .append(std::to_string(seq))
+      .append(",")
+      .append(std::to_string(b))
+      .append("]}");
+  const bool closing = gw.is_closing(cl.conn);
+  const uint64_t published_before = node.bus->counters().published;
+  broadcasts_.push_back(BroadcastRecord{now, c, cl.node, node.life, false, false, {}});
+  broadcasts_.back().received_on.assign(clients_.size(), 0);
+  gw.handle_text(cl.conn, scratch_, now);
+  BroadcastRecord& r = broadcasts_.back();
+  r.accepted = !closing && node.bus->counters().published != published_before;
+  ++result_.stats.broadcast_sent;
+  if (!r.accepted) ++result_.stats.broadcast_refused;
+  trace_.record(now, TraceKind::sent_broadcast, c, b, r.accepted);
+  sched_.after(window_ms(), EventKind::check_broadcast, b);
+  service(cl.node);
+  return true;
+}
+
+uint32_t Simulation::random_open_client() {
+  for (int tries = 0; tries < 16; ++tries) {
+    const uint32_t c = uint32_t(rng_.below(clients_.size()));
+    if (clients_[c].state == ClientState::open) return c;
+  }
+  return none;
+}
+
+// The client closes: its close frame reaches the node a moment later, which
+// answers and closes the socket.
+void Simulation::leave(uint32_t c, bool come_back) {
+  Client& cl = clients_[c];
+  Node& node = nodes_[cl.node];
+  Conn& cn = node.conns[cl.conn.index];
+  trace_.record(sched_.now_ms(), TraceKind::client_leave, c, cl.node);
+  cn.client = none;
+  cn.close_pending = true;
+  sched_.after(latency_ms(), EventKind::client_close_ack, cl.node, node.life, pack_conn(cl.conn));
+  cl.partial.clear();
+  if (come_back) {
+    schedule_connect(c, rng_.between(1000, 10000));
+  } else {
+    cl.state = ClientState::gone;
+    ++cl.epoch;
+  }
+}
+
+// The device drops off the network: nothing is sent, the node learns it
+// only from the idle timeout. The client returns later on a new connection.
+void Simulation::vanish(uint32_t c) {
+  Client& cl = clients_[c];
+  Node& node = nodes_[cl.node];
+  Conn& cn = node.conns[cl.conn.index];
+  trace_.record(sched_.now_ms(), TraceKind::vanished, c, cl.node);
+  ++result_.stats.vanishes;
+  cn.client = none;
+  cn.zombie = true;
+  cn.socket_credit = 64 * 1024;
+  cl.partial.clear();
+  schedule_connect(c, rng_.between(2000, 8000));
+}
+
+// The connection is reset (a storm): both ends notice at once.
+void Simulation::drop_connection(uint32_t c) {
+  Client& cl = clients_[c];
+  Node& node = nodes_[cl.node];
+  Conn& cn = node.conns[cl.conn.index];
+  trace_.record(sched_.now_ms(), TraceKind::dropped, c, cl.node);
+  cn.client = none;
+  cn.close_pending = true;
+  sched_.after(latency_ms(), EventKind::client_close_ack, cl.node, node.life, pack_conn(cl.conn));
+  lost_connection(c, rng_.below(1000));
+}
+
+void Simulation::lost_connection(uint32_t c, uint64_t reconnect_delay_ms) {
+  Client& cl = clients_[c];
+  cl.partial.clear();
+  if (phase_ == Phase::leave || phase_ == Phase::end) {
+    cl.state = ClientState::gone;
+    ++cl.epoch;
+    return;
+  }
+  schedule_connect(c, reconnect_delay_ms);
+}
+
+// The server's close frame arrived: 4002 and 1001 mean "connect again, to
+// any node", at once (with a little jitter); anything else backs off.
+void Simulation::on_server_close(uint32_t c, CloseCode code) {
+  const bool invited = code == CloseCode::reconnect || code == CloseCode::going_away;
+  lost_connection(c, invited ? rng_.between(10, 500) : backoff_ms(1));
+}
+
+// Bytes from the node, possibly a partial frame (slow readers).
+void Simulation::receive(uint32_t c, const uint8_t* data, size_t n) {
+  Client& cl = clients_[c];
+  std::string_view buf(reinterpret_cast<const char*>(data), n);
+  const bool buffered = !cl.partial.empty();
+  if (buffered) {
+    cl.partial.append(buf);
+    buf = cl.partial;
+  }
+  size_t p = 0;
+  while (p + 2 <= buf.size()) {
+    const uint8_t op = uint8_t(buf[p]) & 0x0F;
+    uint64_t len = uint8_t(buf[p + 1]) & 0x7F;
+    size_t header = 2;
+    if (len == 126) {
+      if (p + 4 > buf.size()) break;
+      len = uint64_t(uint8_t(buf[p + 2])) << 8 | uint8_t(buf[p + 3]);
+      header = 4;
+    } else if (len == 127) {
+      if (p + 10 > buf.size()) break;
+      len = 0;
+      for (int i = 0; i < 8; ++i) len = len << 8 | uint8_t(buf[p + 2 + i]);
+      header = 10;
+    }
+    if (p + header + len > buf.size()) break;
+    on_frame(c, op, buf.substr(p + header, len));
+    p += header + len;
+  }
+  if (buffered) cl.partial.erase(0, p);
+  else if (p < buf.size()) cl.partial.assign(buf.substr(p));
+}
+
+void Simulation::on_frame(uint32_t c, uint8_t opcode, std::string_view payload) {
+  Client& cl = clients_[c];
+  if (opcode == uint8_t(Opcode::ping)) {  // the pong is the sign of life
+    nodes_[cl.node].gw->handle_activity(cl.conn, sched_.now_ms());
+    return;
+  }
+  if (opcode != uint8_t(Opcode::text)) return;
+  uint64_t v[3];
+  if (payload.starts_with(R"({"type":"message")")) {
+    if (parse_content(payload, v)) on_direct_received(c, uint32_t(v[2]));
+  } else if (payload.starts_with(R"({"type":"broadcast")")) {
+    if (parse_content(payload, v)) on_broadcast_received(c, uint32_t(v[2]));
+  } else if (payload.starts_with(R"({"type":"error")")) {
+    ++result_.stats.errors_received;
+    trace_.record(sched_.now_ms(), TraceKind::got_error, c);
+  }
+}
+
+}  // namespace wsgate::sim

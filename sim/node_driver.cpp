@@ -1,0 +1,310 @@
+// What the server does for a node, done by the simulator: feed the Gateway
+// its events, poll its transport, write its outboxes to the virtual
+// clients, carry out its closes, and call handle_tick when it asks.
+#include <algorithm>
+
+#include "simulation.hpp"
+
+namespace wsgate::sim {
+
+namespace {
+constexpr uint64_t poll_interval_ms = 100;   // an idle node still polls (heartbeat, presence)
+constexpr uint64_t slow_drain_interval_ms = 100;
+constexpr size_t slow_bytes_per_drain = 96;  // a slow reader: ~1 KB/s
+constexpr uint64_t zombie_socket_bytes = 64 * 1024;  // the kernel buffer of a vanished peer
+
+uint64_t pack_conn(ConnId id) { return uint64_t(id.index) << 32 | id.generation; }
+}  // namespace
+
+void Simulation::start_node(uint32_t n) {
+  Node& node = nodes_[n];
+  const uint64_t now = sched_.now_ms();
+  ++node.life;
+  node.up = true;
+  node.draining = node.cut = node.stalled = false;
+  node.inner = bus_->attach(node.id, now);
+  node.bus = std::make_unique<FaultTransport>(*node.inner, rng_.fork(), bus_faults_);
+  GatewayConfig config;
+  config.node_id = node.id;
+  config.incarnation = rng_.next();
+  config.limits = limits_;
+  node.gw = std::make_unique<Gateway>(config, node.bus.get());
+  node.conns.clear();
+  node.slow_slots.clear();
+  node.pending_arrivals = 0;
+  node.tick_at = node.poll_at = node.slow_drain_at = UINT64_MAX;
+  node.refused_seen = node.published_seen = 0;
+  node.last_unhealthy_ms = now;  // a joining node is not yet part of any window
+  trace_.record(now, TraceKind::restart, n, config.incarnation & 0xFFFF);
+  schedule_poll(n, now);
+  service(n);
+}
+
+// The process dies: no close frames, no goodbye on the bus. Its clients see
+// their TCP connections reset and reconnect (to other nodes: the load
+// balancer stops sending to a dead backend).
+void Simulation::crash_node(uint32_t n) {
+  Node& node = nodes_[n];
+  const uint64_t now = sched_.now_ms();
+  trace_.record(now, TraceKind::crash, n);
+  ++result_.stats.crashes;
+  harvest_metrics(node);
+  node.crashed_at_ms = now;
+  node.crash_orphans = 0;
+  std::vector<uint32_t> orphans;
+  for (Conn& cn : node.conns)
+    if (cn.live && cn.client != none && !cn.zombie) orphans.push_back(cn.client);
+  node.gw.reset();
+  node.bus.reset();
+  bus_->crash(std::move(node.inner));
+  node.up = false;
+  ++node.life;
+  node.conns.clear();
+  node.pending_arrivals = 0;
+  mark_unhealthy(n);
+  for (uint32_t c : orphans) {
+    Client& cl = clients_[c];
+    cl.failover_from = n;
+    ++node.crash_orphans;
+    ++result_.stats.failover_clients;
+    lost_connection(c, backoff_ms(0));
+  }
+  if (o_.has(Fault::restart) && phase_ == Phase::faults)
+    sched_.after(chaos_rng_.between(500, 4000), EventKind::node_restart, n, node.life);
+}
+
+// A drained node has closed every connection: it exits cleanly (leaving
+// the bus at once) and comes back as a new incarnation, as in a rolling
+// deploy.
+void Simulation::exit_drained_node(uint32_t n) {
+  Node& node = nodes_[n];
+  trace_.record(sched_.now_ms(), TraceKind::drained_exit, n);
+  harvest_metrics(node);
+  node.gw.reset();
+  node.bus.reset();
+  node.inner.reset();
+  node.up = false;
+  ++node.life;
+  node.conns.clear();
+  mark_unhealthy(n);
+  sched_.after(chaos_rng_.between(500, 3000), EventKind::node_restart, n, node.life);
+}
+
+void Simulation::harvest_metrics(Node& node) {
+  const Metrics& m = node.gw->metrics();
+  SimStats& s = result_.stats;
+  s.rebalance_moves += m.rebalance_closes_total;
+  s.drain_closes += m.drain_closes_total;
+  s.slow_consumer_closes += m.slow_consumer_closes_total;
+  s.heartbeat_timeouts += m.heartbeat_timeouts_total;
+  s.stale_dropped += m.transport_stale_dropped_total;
+  const FaultCounters& f = node.bus->counters();
+  s.bus_duplicated += f.duplicated;
+  s.bus_dropped_cut_off += f.dropped_cut_off;
+  s.publish_backpressure += f.publish_backpressure;
+  s.publish_unavailable += f.publish_unavailable;
+}
+
+bool Simulation::available(uint32_t n) const {
+  const Node& node = nodes_[n];
+  return node.up && !node.draining && !node.cut && !node.stalled;
+}
+
+uint32_t Simulation::available_count() const {
+  uint32_t k = 0;
+  for (uint32_t n = 0; n < nodes_.size(); ++n) k += available(n);
+  return k;
+}
+
+// Healthy for a whole window: the same life, nothing wrong now, and
+// nothing wrong since the window began.
+bool Simulation::healthy_since(uint32_t n, uint32_t life, uint64_t since_ms) const {
+  const Node& node = nodes_[n];
+  return node.life == life && available(n) && node.last_unhealthy_ms < since_ms;
+}
+
+// After anything the Gateway did: write what it queued, carry out the
+// closes it asked for, and schedule its next tick and poll. Once per event,
+// like the server's once-per-loop-iteration flush.
+void Simulation::service(uint32_t n) {
+  Node& node = nodes_[n];
+  if (!node.up) return;
+  Gateway& gw = *node.gw;
+  const FaultCounters& fc = node.bus->counters();
+  const uint64_t refused = fc.publish_backpressure + fc.publish_unavailable + fc.publish_other_refused;
+  if (refused != node.refused_seen) {  // this node could not reach the others
+    node.refused_seen = refused;
+    mark_unhealthy(n);
+  }
+  for (ConnId id : gw.take_dirty())
+    if (gw.is_open(id)) flush(n, id);
+  for (const CloseRequest& r : gw.take_closes()) carry_out_close(n, r);
+  const uint64_t now = sched_.now_ms();
+  // Never twice in one millisecond: a core asking for a tick at `now` again
+  // would spin the scheduler.
+  const uint64_t tick = std::max({gw.next_tick_ms(), now, node.last_tick_ms + 1});
+  if (tick < node.tick_at) {
+    node.tick_at = tick;
+    sched_.at(tick, EventKind::node_tick, n, node.life);
+  }
+  if (const uint64_t r = node.bus->next_release_ms(); r != UINT64_MAX) schedule_poll(n, r);
+  if (fc.published != node.published_seen) {
+    node.published_seen = fc.published;
+    poll_all_soon();
+  }
+  if (node.draining && gw.connection_count() == 0) exit_drained_node(n);
+}
+
+// Writes a connection's outbox: all of it to a healthy reader, a trickle to
+// a slow one, the kernel buffer's worth to a vanished one.
+void Simulation::flush(uint32_t n, ConnId id) {
+  Node& node = nodes_[n];
+  Gateway& gw = *node.gw;
+  Conn& cn = node.conns[id.index];
+  Outbox& out = gw.outbox(id);
+  size_t budget = SIZE_MAX;
+  uint32_t reader = cn.client;
+  if (cn.zombie) {
+    budget = cn.socket_credit;
+    reader = none;
+  } else if (reader != none && clients_[reader].slow) {
+    budget = 0;  // the slow-drain timer reads it
+    if (!out.empty() && !cn.in_slow_list) {
+      cn.in_slow_list = true;
+      node.slow_slots.push_back(id.index);
+      if (node.slow_drain_at == UINT64_MAX) {
+        node.slow_drain_at = sched_.now_ms() + slow_drain_interval_ms;
+        sched_.at(node.slow_drain_at, EventKind::node_slow_drain, n, node.life);
+      }
+    }
+  }
+  ByteRange ranges[32];
+  while (budget > 0 && !out.empty()) {
+    const size_t k = out.gather(ranges);
+    size_t took = 0;
+    for (size_t i = 0; i < k && budget > 0; ++i) {
+      const size_t part = std::min(ranges[i].size, budget);
+      if (reader != none) receive(reader, ranges[i].data, part);
+      took += part;
+      budget -= part;
+      if (part < ranges[i].size) break;
+    }
+    gw.handle_sent(id, took);
+  }
+  if (cn.zombie) cn.socket_credit = budget;
+}
+
+void Simulation::on_slow_drain(uint32_t n, uint32_t life) {
+  Node& node = nodes_[n];
+  node.slow_drain_at = UINT64_MAX;
+  if (!node.up || node.life != life) return;
+  Gateway& gw = *node.gw;
+  std::vector<uint32_t> keep;
+  for (uint32_t index : node.slow_slots) {
+    Conn& cn = node.conns[index];
+    const ConnId id{index, cn.generation};
+    cn.in_slow_list = false;
+    if (!cn.live || cn.client == none || !gw.is_open(id)) continue;
+    Outbox& out = gw.outbox(id);
+    size_t budget = slow_bytes_per_drain;
+    ByteRange ranges[8];
+    while (budget > 0 && !out.empty()) {
+      const size_t k = out.gather(ranges);
+      size_t took = 0;
+      for (size_t i = 0; i < k && budget > 0; ++i) {
+        const size_t part = std::min(ranges[i].size, budget);
+        receive(cn.client, ranges[i].data, part);
+        took += part;
+        budget -= part;
+        if (part < ranges[i].size) break;
+      }
+      gw.handle_sent(id, took);
+    }
+    if (!out.empty()) {
+      cn.in_slow_list = true;
+      keep.push_back(index);
+    }
+  }
+  node.slow_slots.swap(keep);
+  if (!node.slow_slots.empty()) {
+    node.slow_drain_at = sched_.now_ms() + slow_drain_interval_ms;
+    sched_.at(node.slow_drain_at, EventKind::node_slow_drain, n, node.life);
+  }
+  service(n);
+}
+
+// The Gateway asked to close a connection: the close frame follows what is
+// queued; a live client answers with its own close (then the socket is
+// closed); a vanished one never answers and the close times out.
+void Simulation::carry_out_close(uint32_t n, const CloseRequest& req) {
+  Node& node = nodes_[n];
+  Conn& cn = node.conns[req.id.index];
+  if (!cn.live || cn.generation != req.id.generation) return;
+  const uint64_t now = sched_.now_ms();
+  trace_.record(now, TraceKind::server_close, cn.client == none ? UINT32_MAX : cn.client, n, uint64_t(req.code));
+  const uint16_t code = uint16_t(req.code);
+  const size_t slot = code == 1000 ? 0 : code == 1001 ? 1 : code == 1008 ? 2 : code == 4002 ? 3 : code == 4001 ? 4 : 5;
+  ++result_.stats.server_closes_by_code[slot];
+  if (cn.close_pending) return;  // the client already closed; the ack is on its way
+  cn.close_pending = true;
+  if (cn.client != none && !cn.zombie) {
+    const uint32_t c = cn.client;
+    if (!clients_[c].slow) flush(n, req.id);
+    cn.client = none;
+    on_server_close(c, req.code);
+    sched_.after(latency_ms(), EventKind::client_close_ack, n, node.life, pack_conn(req.id));
+  } else {
+    sched_.after(limits_.close_timeout_ms, EventKind::client_close_ack, n, node.life, pack_conn(req.id));
+  }
+}
+
+// The socket is gone (close handshake done, reset, or close timeout).
+void Simulation::on_close_ack(uint32_t n, uint32_t life, ConnId id) {
+  Node& node = nodes_[n];
+  if (!node.up || node.life != life || !node.gw->is_open(id)) return;
+  node.gw->handle_closed(id);
+  Conn& cn = node.conns[id.index];
+  cn.live = false;
+  cn.client = none;
+  trace_.record(sched_.now_ms(), TraceKind::closed, n, id.index);
+  service(n);
+}
+
+void Simulation::on_tick(uint32_t n, uint32_t life) {
+  Node& node = nodes_[n];
+  node.tick_at = UINT64_MAX;
+  if (!node.up || node.life != life) return;
+  const uint64_t now = sched_.now_ms();
+  node.last_tick_ms = now;
+  node.gw->handle_tick(now);
+  trace_.record(now, TraceKind::tick, n, node.gw->connection_count());
+  service(n);
+}
+
+void Simulation::on_poll(uint32_t n, uint32_t life) {
+  Node& node = nodes_[n];
+  node.poll_at = UINT64_MAX;
+  if (!node.up || node.life != life || node.stalled) return;
+  const uint64_t now = sched_.now_ms();
+  node.bus->poll(now);
+  service(n);
+  if (node.up && node.life == life) schedule_poll(n, now + poll_interval_ms);
+}
+
+void Simulation::schedule_poll(uint32_t n, uint64_t at_ms) {
+  Node& node = nodes_[n];
+  if (!node.up) return;
+  at_ms = std::max(at_ms, sched_.now_ms());
+  if (at_ms >= node.poll_at) return;
+  node.poll_at = at_ms;
+  sched_.at(at_ms, EventKind::node_poll, n, node.life);
+}
+
+// A publish landed on the bus: every node reads its ring a millisecond later
+// (the server's loop wakes on the bus's eventfd).
+void Simulation::poll_all_soon() {
+  const uint64_t at = sched_.now_ms() + 1;
+  for (uint32_t n = 0; n < nodes_.size(); ++n) schedule_poll(n, at);
+}
+
+}  // namespace wsgate::sim

@@ -1,0 +1,104 @@
+#pragma once
+// A real redis-server for tests: started on a free loopback port with no
+// persistence, stopped (or killed, and started again on the same port) by
+// the test. Debian's redis-server package provides the binary.
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <thread>
+
+namespace wsgate::test {
+
+// A port the kernel just handed out for 127.0.0.1 (closed again, so another
+// process can take it; tests that race for it retry on failure).
+inline uint16_t free_loopback_port() {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof a;
+  if (::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0 ||
+      ::getsockname(fd, reinterpret_cast<sockaddr*>(&a), &len) != 0) {
+    ::close(fd);
+    throw std::runtime_error("no free port");
+  }
+  ::close(fd);
+  return ntohs(a.sin_port);
+}
+
+inline bool port_accepts(uint16_t port) {
+  int fd = ::socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in a{};
+  a.sin_family = AF_INET;
+  a.sin_port = htons(port);
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  const bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0;
+  ::close(fd);
+  return ok;
+}
+
+class RedisServer {
+ public:
+  explicit RedisServer(std::string password = {}) : password_(std::move(password)), port_(free_loopback_port()) {
+    start();
+  }
+  ~RedisServer() { stop(); }
+  RedisServer(const RedisServer&) = delete;
+  RedisServer& operator=(const RedisServer&) = delete;
+
+  uint16_t port() const { return port_; }
+
+  void start() {
+    if (pid_ > 0) return;
+    const std::string port = std::to_string(port_);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+      std::string pass = password_.empty() ? std::string() : password_;
+      if (pass.empty())
+        ::execlp("redis-server", "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--loglevel", "warning", static_cast<char*>(nullptr));
+      else
+        ::execlp("redis-server", "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1", "--save", "",
+                 "--appendonly", "no", "--loglevel", "warning", "--requirepass", pass.c_str(),
+                 static_cast<char*>(nullptr));
+      ::_exit(127);
+    }
+    // Bounded wait for the listening socket.
+    for (int i = 0; i < 500; ++i) {
+      if (port_accepts(port_)) return;
+      int status = 0;
+      if (::waitpid(pid_, &status, WNOHANG) == pid_) {
+        pid_ = -1;
+        throw std::runtime_error("redis-server exited at start (is the redis-server package installed?)");
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    throw std::runtime_error("redis-server did not listen within 5 s");
+  }
+
+  // SIGKILL: a crash, not a shutdown; connections drop at once.
+  void kill() { signal_and_wait(SIGKILL); }
+  void stop() { signal_and_wait(SIGTERM); }
+
+ private:
+  void signal_and_wait(int sig) {
+    if (pid_ <= 0) return;
+    ::kill(pid_, sig);
+    int status = 0;
+    ::waitpid(pid_, &status, 0);
+    pid_ = -1;
+  }
+
+  std::string password_;
+  uint16_t port_;
+  pid_t pid_ = -1;
+};
+
+}  // namespace wsgate::test
