@@ -443,16 +443,21 @@ size_t Gateway::broadcast(const FrameRef& f) {
   return n;
 }
 
-PublishStatus Gateway::publish_raw(std::string_view topic, std::string_view body) {
+PublishStatus Gateway::publish_raw(std::string_view topic, std::string_view body, ConnId from) {
   envelope_scratch_.assign(origin_).append("\n").append(std::to_string(++publish_seq_)).append("\n").append(body);
   const PublishStatus st = transport_->publish(topic, envelope_scratch_);
-  if (st == PublishStatus::accepted || st == PublishStatus::no_subscribers) ++metrics_.transport_published_total;
-  else ++metrics_.transport_publish_failed_total;
+  if (st == PublishStatus::accepted || st == PublishStatus::no_subscribers) {
+    ++metrics_.transport_published_total;
+    ++publishes_accepted_;
+    publish_senders_[publishes_accepted_ % publish_senders_max] = PublishSender{publishes_accepted_, from};
+  } else {
+    ++metrics_.transport_publish_failed_total;
+  }
   return st;
 }
 
 PublishStatus Gateway::publish(ConnId from, std::string_view topic, const FrameRef& f) {
-  const PublishStatus st = publish_raw(topic, f->payload());
+  const PublishStatus st = publish_raw(topic, f->payload(), from);
   if (st == PublishStatus::accepted || st == PublishStatus::no_subscribers) return st;
   // Not silently lost: the sender learns that other nodes did not get it.
   send_error(from, st == PublishStatus::backpressure ? "Not delivered to other nodes: transport busy, retry"
@@ -483,6 +488,14 @@ void Gateway::on_transport_message(std::string_view topic, std::string_view payl
     broadcast(f);
   } else if (topic.starts_with(user_topic_prefix)) {
     if (route_to_user(topic.substr(user_topic_prefix.size()), f) == 0) ++metrics_.messages_undeliverable_total;
+  }
+}
+
+void Gateway::on_transport_publish_lost(uint64_t first, uint64_t count) {
+  for (uint64_t n = first; n < first + count; ++n) {
+    ++metrics_.transport_publish_lost_total;
+    const PublishSender& p = publish_senders_[n % publish_senders_max];
+    if (p.number == n && p.from.valid()) send_error(p.from, "Not delivered to other nodes: transport connection lost");
   }
 }
 

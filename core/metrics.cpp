@@ -102,6 +102,8 @@ std::string Metrics::render_prometheus(std::string_view node_id) const {
   w.sample("wsgate_transport_published_total", transport_published_total);
   w.header("wsgate_transport_publish_failed_total", "counter", "Publishes the transport refused (backpressure or unavailable); the sender got an error.");
   w.sample("wsgate_transport_publish_failed_total", transport_publish_failed_total);
+  w.header("wsgate_transport_publish_lost_total", "counter", "Publishes the transport accepted and later reported lost (connection dropped before confirming); the sender got an error.");
+  w.sample("wsgate_transport_publish_lost_total", transport_publish_lost_total);
   w.header("wsgate_transport_received_total", "counter", "Messages received from other nodes through the transport.");
   w.sample("wsgate_transport_received_total", transport_received_total);
   w.header("wsgate_transport_connected", "gauge", "1 while the transport backend is reachable.");

@@ -157,9 +157,10 @@ class Gateway : private TransportSink {
   size_t broadcast(const FrameRef& f);
   // Hands f to the other nodes; false (and an error to `from`) if refused.
   PublishStatus publish(ConnId from, std::string_view topic, const FrameRef& f);
-  PublishStatus publish_raw(std::string_view topic, std::string_view body);
+  PublishStatus publish_raw(std::string_view topic, std::string_view body, ConnId from = {});
   void on_transport_message(std::string_view topic, std::string_view payload) override;
   void on_transport_state(TransportState state) override;
+  void on_transport_publish_lost(uint64_t first, uint64_t count) override;
   void update_presence(const UserMap::value_type& user);
   // Drops what this node already saw from that publisher incarnation.
   bool accept_sequence(std::string_view origin, uint64_t seq, uint64_t now_ms);
@@ -187,6 +188,16 @@ class Gateway : private TransportSink {
   Transport* transport_;
   std::string origin_;            // node_id/incarnation
   uint64_t publish_seq_ = 0;
+  // Who sent the recent accepted publishes, by publish number, so a publish
+  // the transport later reports lost is reported to its sender. A ring: a
+  // loss reported after publish_senders_max newer publishes is counted only.
+  static constexpr size_t publish_senders_max = 4096;
+  struct PublishSender {
+    uint64_t number = 0;
+    ConnId from;
+  };
+  std::vector<PublishSender> publish_senders_ = std::vector<PublishSender>(publish_senders_max);
+  uint64_t publishes_accepted_ = 0;
   struct OriginState {
     uint64_t last_seq;
     uint64_t seen_ms;

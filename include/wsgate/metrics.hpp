@@ -38,6 +38,7 @@ struct Metrics {
   uint64_t transport_published_total = 0;     // publishes the transport accepted
   uint64_t transport_publish_failed_total = 0;  // refused: backpressure or unavailable
   uint64_t transport_received_total = 0;      // messages from other nodes
+  uint64_t transport_publish_lost_total = 0;  // accepted, later reported lost
   uint64_t transport_connected = 1;           // gauge: 0 while the backend is lost
   uint64_t transport_stale_dropped_total = 0; // duplicated or reordered, dropped
   uint64_t rebalance_closes_total = 0;        // asked to reconnect elsewhere (4002)
