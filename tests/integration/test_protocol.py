@@ -486,7 +486,7 @@ def test_node_id_from_environment(start_server):
     """NODE_ID sets the node id; the flag beats the variable."""
     s = start_server(env={"NODE_ID": "from-env"})
     assert s.health()["node_id"] == "from-env"
-    assert "node_id=from-env" in s.first_line, s.first_line
+    assert "node_id=from-env" in s.listen_line, s.listen_line
     s2 = start_server("--node-id", "from-flag", env={"NODE_ID": "from-env"})
     assert s2.health()["node_id"] == "from-flag"
 

@@ -44,6 +44,7 @@ class WsgateServer:
         self.host = None
         self.port = None
         self.first_line = None
+        self.listen_line = None
         self.lines = []
         self._lines_lock = threading.Lock()
         self._listening = threading.Event()
@@ -73,20 +74,25 @@ class WsgateServer:
         return self
 
     def _drain(self):
-        first = True
+        # The listening line is the first line; a sanitizer build may print
+        # a report before it, so the first matching line among the first few
+        # is used (test_first_log_line checks it really is the first).
+        n = 0
         for raw in iter(self.proc.stderr.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\n")
             with self._lines_lock:
                 self.lines.append(line)
                 if len(self.lines) > 20000:  # bounded memory on chatty logs
                     del self.lines[:10000]
-            if first:
-                first = False
+            n += 1
+            if n == 1:
                 self.first_line = line
+            if self.port is None and n <= 50:
                 m = LISTEN_RE.search(line)
                 if m:
                     self.host, self.port = m.group(1), int(m.group(2))
-                self._listening.set()
+                    self.listen_line = line
+                    self._listening.set()
         self._listening.set()
 
     def stderr_text(self):

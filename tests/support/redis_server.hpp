@@ -2,6 +2,7 @@
 // A real redis-server for tests: started on a free loopback port with no
 // persistence, stopped (or killed, and started again on the same port) by
 // the test. Debian's redis-server package provides the binary.
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -60,6 +61,10 @@ class RedisServer {
     const std::string port = std::to_string(port_);
     pid_ = ::fork();
     if (pid_ == 0) {
+      // Its start-up banner and warnings would bury the test output.
+      const int null_fd = ::open("/dev/null", O_WRONLY);
+      ::dup2(null_fd, STDOUT_FILENO);
+      ::dup2(null_fd, STDERR_FILENO);
       std::string pass = password_.empty() ? std::string() : password_;
       if (pass.empty())
         ::execlp("redis-server", "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1", "--save", "",

@@ -1,0 +1,167 @@
+// The Redis transport against a real redis-server (started here on a free
+// loopback port): links, resubscription after a restart, lost publishes,
+// presence with expiry, AUTH. Every wait is bounded by a deadline.
+#include "redis_transport.hpp"
+
+#include <gtest/gtest.h>
+
+#include <functional>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "../support/redis_poll_io.hpp"
+#include "../support/redis_server.hpp"
+
+namespace wsgate::test {
+namespace {
+
+struct Recorder final : TransportSink {
+  std::vector<std::pair<std::string, std::string>> messages;
+  std::vector<TransportState> states;
+  std::vector<uint64_t> lost;
+  void on_transport_message(std::string_view t, std::string_view p) override { messages.emplace_back(t, p); }
+  void on_transport_state(TransportState s) override { states.push_back(s); }
+  void on_transport_publish_lost(uint64_t first, uint64_t count) override {
+    for (uint64_t i = 0; i < count; ++i) lost.push_back(first + i);
+  }
+};
+
+struct RedisNode {
+  RedisNode(uint16_t port, std::string id, std::string password = {}, uint32_t ttl_ms = 15000) {
+    RedisOptions o;
+    o.port = port;
+    o.node_id = std::move(id);
+    o.password = std::move(password);
+    o.prefix = "t:";
+    o.presence_ttl_ms = ttl_ms;
+    o.reconnect_max_ms = 200;
+    transport = std::make_unique<RedisTransport>(o, io);
+    io.attach(transport.get());
+    transport->set_sink(&sink);
+  }
+  PollRedisIo io;
+  std::unique_ptr<RedisTransport> transport;
+  Recorder sink;
+};
+
+// Runs the nodes' loops until done() or the deadline; false on timeout.
+bool pump_until(std::vector<RedisNode*> nodes, const std::function<bool()>& done, int deadline_ms = 5000) {
+  const uint64_t end = monotonic_ms() + uint64_t(deadline_ms);
+  while (monotonic_ms() < end) {
+    for (RedisNode* n : nodes) n->io.pump(5);
+    if (done()) return true;
+  }
+  return false;
+}
+
+// A plain client for looking at what the transport stored.
+std::map<std::string, std::string> hgetall(uint16_t port, const std::string& key) {
+  std::string cmd = "redis-cli -p " + std::to_string(port) + " --no-raw HGETALL " + key + " 2>/dev/null";
+  std::map<std::string, std::string> out;
+  FILE* f = popen(cmd.c_str(), "r");
+  if (!f) return out;
+  char line[512];
+  std::vector<std::string> items;
+  while (fgets(line, sizeof line, f)) {
+    std::string s(line);
+    while (!s.empty() && (s.back() == '\n' || s.back() == '\r')) s.pop_back();
+    const size_t q = s.find('"');
+    if (q == std::string::npos) continue;
+    items.push_back(s.substr(q + 1, s.rfind('"') - q - 1));
+  }
+  pclose(f);
+  for (size_t i = 0; i + 1 < items.size(); i += 2) out[items[i]] = items[i + 1];
+  return out;
+}
+
+TEST(RedisTransport, DeliversBetweenNodesInOrder) {
+  RedisServer redis;
+  RedisNode a(redis.port(), "A"), b(redis.port(), "B");
+  b.transport->subscribe("user:bob");
+  ASSERT_TRUE(pump_until({&a, &b}, [&] {
+    return a.transport->state() == TransportState::connected && b.transport->state() == TransportState::connected;
+  }));
+  for (int i = 0; i < 500; ++i)
+    ASSERT_EQ(a.transport->publish("user:bob", "m" + std::to_string(i)), PublishStatus::accepted);
+  ASSERT_TRUE(pump_until({&a, &b}, [&] { return b.sink.messages.size() == 500; }));
+  for (int i = 0; i < 500; ++i) {
+    EXPECT_EQ(b.sink.messages[size_t(i)].first, "user:bob");
+    EXPECT_EQ(b.sink.messages[size_t(i)].second, "m" + std::to_string(i));
+  }
+  EXPECT_TRUE(a.sink.lost.empty());
+}
+
+TEST(RedisTransport, UnreachableBackendRefusesPublishes) {
+  const uint16_t port = free_loopback_port();  // nothing listens here
+  RedisNode a(port, "A");
+  a.io.pump(5);
+  EXPECT_EQ(a.transport->state(), TransportState::disconnected);
+  EXPECT_EQ(a.transport->publish("broadcast", "x"), PublishStatus::unavailable);
+  EXPECT_EQ(a.transport->stats().publish_unavailable, 1u);
+}
+
+TEST(RedisTransport, RestartOfRedisResubscribesAndRepublishesPresence) {
+  RedisServer redis;
+  RedisNode a(redis.port(), "A"), b(redis.port(), "B");
+  b.transport->subscribe("user:bob");
+  b.transport->set_presence("bob", 2);
+  ASSERT_TRUE(pump_until({&a, &b}, [&] {
+    return a.transport->state() == TransportState::connected && b.transport->state() == TransportState::connected;
+  }));
+  ASSERT_TRUE(pump_until({&a, &b}, [&] { return hgetall(redis.port(), "t:node:B:users")["bob"] == "2"; }));
+
+  redis.kill();
+  ASSERT_TRUE(pump_until({&a, &b}, [&] {
+    return a.transport->state() == TransportState::disconnected && b.transport->state() == TransportState::disconnected;
+  }));
+  EXPECT_EQ(a.transport->publish("user:bob", "while down"), PublishStatus::unavailable);
+  redis.start();  // empty: no subscriptions, no presence
+  ASSERT_TRUE(pump_until({&a, &b}, [&] {
+    return a.transport->state() == TransportState::connected && b.transport->state() == TransportState::connected;
+  }));
+  EXPECT_EQ(hgetall(redis.port(), "t:node:B:users")["bob"], "2");
+  ASSERT_EQ(a.transport->publish("user:bob", "after"), PublishStatus::accepted);
+  ASSERT_TRUE(pump_until({&a, &b}, [&] { return !b.sink.messages.empty(); }));
+  EXPECT_EQ(b.sink.messages.back().second, "after");
+  // The sink heard about both transitions, in order.
+  ASSERT_GE(b.sink.states.size(), 3u);
+  EXPECT_EQ(b.sink.states[0], TransportState::connected);
+  EXPECT_EQ(b.sink.states[1], TransportState::disconnected);
+  EXPECT_EQ(b.sink.states.back(), TransportState::connected);
+}
+
+TEST(RedisTransport, PublishesUnconfirmedWhenTheConnectionDropsAreReportedLost) {
+  RedisServer redis;
+  RedisNode a(redis.port(), "A");
+  ASSERT_TRUE(pump_until({&a}, [&] { return a.transport->state() == TransportState::connected; }));
+  // Queued, never written: the link dies before the loop runs again.
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(a.transport->publish("user:x", "p"), PublishStatus::accepted);
+  redis.kill();
+  ASSERT_TRUE(pump_until({&a}, [&] { return a.transport->state() == TransportState::disconnected; }));
+  EXPECT_EQ(a.sink.lost, (std::vector<uint64_t>{1, 2, 3}));
+}
+
+TEST(RedisTransport, PresenceOfANodeThatStopsRefreshingExpires) {
+  RedisServer redis;
+  auto a = std::make_unique<RedisNode>(redis.port(), "A", "", 300);
+  a->transport->set_presence("alice", 1);
+  ASSERT_TRUE(pump_until({a.get()}, [&] { return hgetall(redis.port(), "t:node:A:users")["alice"] == "1"; }));
+  a.reset();  // like kill -9: no goodbye
+  const uint64_t end = monotonic_ms() + 3000;
+  bool gone = false;
+  while (!gone && monotonic_ms() < end) gone = hgetall(redis.port(), "t:node:A:users").empty();
+  EXPECT_TRUE(gone);
+}
+
+TEST(RedisTransport, AuthenticatesWithAPassword) {
+  RedisServer redis("s3cret");
+  RedisNode good(redis.port(), "A", "s3cret"), bad(redis.port(), "B", "wrong");
+  ASSERT_TRUE(pump_until({&good, &bad}, [&] { return good.transport->state() == TransportState::connected; }));
+  pump_until({&good, &bad}, [] { return false; }, 300);
+  EXPECT_EQ(bad.transport->state(), TransportState::disconnected);
+}
+
+}  // namespace
+}  // namespace wsgate::test
