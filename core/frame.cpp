@@ -65,6 +65,7 @@ FrameBuilder::~FrameBuilder() {
 
 void FrameBuilder::append(std::string_view s) {
   WSGATE_ASSERT(len_ + s.size() <= max_);
+  if (s.empty()) return;  // memcpy from a null data() is undefined, even for 0 bytes
   std::memcpy(f_->bytes_ + header_slot_ + len_, s.data(), s.size());
   len_ += s.size();
 }

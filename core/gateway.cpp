@@ -6,6 +6,8 @@
 #include "wsgate/json_escape.hpp"
 #include "wsgate/protocol.hpp"
 
+#include <simdjson.h>
+
 namespace wsgate {
 
 namespace {
@@ -158,6 +160,10 @@ ConnId Gateway::handle_open(std::string_view user_id, uint64_t now_ms) {
     request_close(id, CloseCode::missing_identity, "missing user_id");
   } else if (user_id.size() > config_.limits.max_user_id_bytes) {
     request_close(id, CloseCode::missing_identity, "user_id too long");
+  } else if (!simdjson::validate_utf8(user_id.data(), user_id.size())) {
+    // It would be sent as "from" in text frames, which must be UTF-8: one
+    // such id would get every recipient of its broadcasts disconnected.
+    request_close(id, CloseCode::missing_identity, "user_id is not UTF-8");
   } else {
     attach_to_user(index, user_id);
   }

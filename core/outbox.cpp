@@ -1,6 +1,8 @@
 #include "wsgate/outbox.hpp"
 #include "wsgate/assert.hpp"
 
+#include <algorithm>
+
 
 namespace wsgate {
 
@@ -9,18 +11,21 @@ void Outbox::push(FrameRef f) {
   frames_.push_back(std::move(f));
 }
 
-size_t Outbox::gather(std::span<ByteRange> out) const {
-  size_t n = 0;
+size_t Outbox::gather(std::span<ByteRange> out) {
+  size_t n = 0, bytes = 0;
   for (size_t i = head_; i < frames_.size() && n < out.size(); ++i, ++n) {
     const size_t skip = i == head_ ? head_offset_ : 0;
     out[n] = ByteRange{frames_[i]->data() + skip, frames_[i]->size() - skip};
+    bytes += out[n].size;
   }
+  in_flight_bytes_ = std::max(in_flight_bytes_, bytes);
   return n;
 }
 
 void Outbox::consume(size_t n) {
   WSGATE_ASSERT(n <= queued_bytes_);
   queued_bytes_ -= n;
+  in_flight_bytes_ = n >= in_flight_bytes_ ? 0 : in_flight_bytes_ - n;
   while (n > 0) {
     const size_t left = frames_[head_]->size() - head_offset_;
     if (n < left) {
@@ -51,10 +56,17 @@ void Outbox::clear() {
   std::vector<FrameRef>().swap(frames_);
   head_ = head_offset_ = 0;
   queued_bytes_ = 0;
+  in_flight_bytes_ = 0;
 }
 
 size_t Outbox::drop_unsent() {
-  const size_t keep = head_ < frames_.size() && head_offset_ > 0 ? head_ + 1 : head_;
+  // Keep what the socket may be reading now, and a frame begun.
+  size_t must_keep = std::max<size_t>(in_flight_bytes_, head_offset_ > 0 ? 1 : 0);
+  size_t keep = head_;
+  for (; keep < frames_.size() && must_keep > 0; ++keep) {
+    const size_t left = frames_[keep]->size() - (keep == head_ ? head_offset_ : 0);
+    must_keep = left >= must_keep ? 0 : must_keep - left;
+  }
   size_t dropped = 0;
   for (size_t i = keep; i < frames_.size(); ++i) dropped += frames_[i]->size();
   frames_.resize(keep);

@@ -27,6 +27,7 @@ struct MessageParser::Impl {
   std::unique_ptr<char[]> buffer;
   simdjson::dom::parser dom;
   std::string error_text;  // for messages that quote the input
+  std::string numbers_neutralised;  // the rare copy for out-of-range numbers
 };
 
 MessageParser::MessageParser(size_t max_message_bytes) : impl_(std::make_unique<Impl>(max_message_bytes)) {}
@@ -41,6 +42,51 @@ ParseResult fail(std::string_view why) {
 }
 
 bool is_json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
+
+// Overwrites every number token outside strings that follows the JSON
+// number grammar (RFC 8259 section 6) with "0" and spaces, so that only
+// the size of a number can no longer make simdjson refuse the document.
+// Ill-formed numbers are left for simdjson to refuse. False if a string
+// never ends.
+bool neutralise_numbers(char* p, size_t n) {
+  char* const end = p + n;
+  while (p < end) {
+    if (*p == '"') {
+      for (++p; p < end && *p != '"'; ++p)
+        if (*p == '\\') ++p;
+      if (p >= end) return false;
+      ++p;
+      continue;
+    }
+    if (*p != '-' && (*p < '0' || *p > '9')) {
+      ++p;
+      continue;
+    }
+    char* q = p;
+    if (*q == '-') ++q;
+    const char* int_start = q;
+    while (q < end && *q >= '0' && *q <= '9') ++q;
+    bool ok = q > int_start && !(*int_start == '0' && q - int_start > 1);
+    if (ok && q < end && *q == '.') {
+      const char* f = ++q;
+      while (q < end && *q >= '0' && *q <= '9') ++q;
+      ok = q > f;
+    }
+    if (ok && q < end && (*q == 'e' || *q == 'E')) {
+      ++q;
+      if (q < end && (*q == '+' || *q == '-')) ++q;
+      const char* e = q;
+      while (q < end && *q >= '0' && *q <= '9') ++q;
+      ok = q > e;
+    }
+    if (ok) {
+      *p = '0';
+      for (char* z = p + 1; z < q; ++z) *z = ' ';
+    }
+    p = q > p ? q : p + 1;
+  }
+  return true;
+}
 
 // The scanner below runs only on text simdjson has validated, so it needs
 // no error handling: strings end, brackets balance.
@@ -124,13 +170,17 @@ ParseResult MessageParser::parse(std::string_view payload) {
   const size_t n = payload.size();
 
   simdjson::dom::element root;
-  if (auto e = m.dom.parse(m.buffer.get(), n, false).get(root)) {
-    // simdjson refuses integers beyond 64 bits that JSON itself allows;
-    // say so rather than call the message malformed.
-    if (e == simdjson::NUMBER_ERROR || e == simdjson::NUMBER_OUT_OF_RANGE)
-      return fail("Invalid JSON: bad or out-of-range number");
-    return fail("Invalid JSON");
+  auto parsed = m.dom.parse(m.buffer.get(), n, false);
+  if (parsed.error() == simdjson::NUMBER_ERROR || parsed.error() == simdjson::NUMBER_OUT_OF_RANGE) {
+    // JSON allows numbers of any size and content passes through as text,
+    // but simdjson refuses those beyond a double or 64-bit integer. Check
+    // the rest on a copy whose well-formed numbers all read 0; content is
+    // then taken from the original bytes.
+    m.numbers_neutralised.assign(m.buffer.get(), n + simdjson::SIMDJSON_PADDING);
+    if (!neutralise_numbers(m.numbers_neutralised.data(), n)) return fail("Invalid JSON");
+    parsed = m.dom.parse(m.numbers_neutralised.data(), n, false);
   }
+  if (parsed.get(root)) return fail("Invalid JSON");
   simdjson::dom::object obj;
   if (root.get_object().get(obj)) return fail("Message must be a JSON object");
 

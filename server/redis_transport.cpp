@@ -78,6 +78,7 @@ void RedisTransport::subscribe(std::string_view topic) {
   if (!topics_.emplace(topic).second) return;
   if (link(RedisLink::subscriber).phase == Phase::ready) {
     ++resubscribe_acks_due_;
+    ++subscribes_sent_;
     command(RedisLink::subscriber, {"SUBSCRIBE", channel(topic)});
   }
 }
@@ -95,13 +96,26 @@ PublishStatus RedisTransport::publish(std::string_view topic, std::string_view p
     return PublishStatus::unavailable;
   }
   const Link& k = link(RedisLink::command);
-  if (payload.size() > options_.max_payload_bytes || k.out.size() - k.out_head > options_.max_output_bytes) {
+  if (payload.size() > options_.max_payload_bytes) return PublishStatus::too_large;
+  if (k.out.size() - k.out_head + held_bytes_ > options_.max_output_bytes) {
     ++stats_.publish_backpressure;
     return PublishStatus::backpressure;
   }
-  command(RedisLink::command, {"PUBLISH", channel(topic), payload});
-  pending_.push_back(Pending{Expect::publish, ++publish_number_});
   ++stats_.published;
+  if (subscribes_confirmed_ >= subscribes_sent_ && held_.empty()) {
+    command(RedisLink::command, {"PUBLISH", channel(topic), payload});
+    pending_.push_back(Pending{Expect::publish, ++publish_number_});
+    return PublishStatus::accepted;
+  }
+  const std::string ch = channel(topic);
+  const char* argv[] = {"PUBLISH", ch.data(), payload.data()};
+  const size_t lens[] = {7, ch.size(), payload.size()};
+  char* cmd = nullptr;
+  const int n = redisFormatCommandArgv(&cmd, 3, argv, lens);
+  if (n < 0) throw std::bad_alloc();
+  held_.push_back(Held{subscribes_sent_, ++publish_number_, std::string(cmd, size_t(n))});
+  held_bytes_ += size_t(n);
+  redisFreeCommand(cmd);
   return PublishStatus::accepted;
 }
 
@@ -223,6 +237,7 @@ void RedisTransport::on_ready(RedisLink l, uint64_t now_ms) {
       for (auto& c : batch) args.push_back(c);
       command(l, args);
       resubscribe_acks_due_ += batch.size();
+      subscribes_sent_ += batch.size();
       batch.clear();
     };
     for (const std::string& t : topics_) {
@@ -297,6 +312,11 @@ void RedisTransport::handle_command_reply(void* raw, uint64_t now_ms) {
   switch (p.what) {
     case Expect::ignore:
       return;
+    case Expect::refresh:
+      // The hash is gone (this node was silent past the TTL, or Redis lost
+      // it): write it again rather than keep refreshing nothing.
+      if (r->type == REDIS_REPLY_INTEGER && r->integer == 0 && !presence_.empty()) resync_presence();
+      return;
     case Expect::auth:
       if (is_ok(r)) on_ready(RedisLink::command, now_ms);
       else fail_link(RedisLink::command, now_ms);
@@ -322,7 +342,9 @@ void RedisTransport::handle_subscriber_reply(void* raw) {
   if (r->type != REDIS_REPLY_ARRAY || r->elements < 3) return;
   const std::string_view kind = text_of(r->element[0]);
   if (kind == "subscribe") {
+    ++subscribes_confirmed_;
     if (resubscribe_acks_due_ > 0 && --resubscribe_acks_due_ == 0) update_connected();
+    release_held();
     return;
   }
   if (kind != "message") return;
@@ -339,6 +361,18 @@ void RedisTransport::handle_subscriber_reply(void* raw) {
   inbound_.push_back(Inbound{std::string(ch), std::string(payload)});
 }
 
+void RedisTransport::release_held() {
+  Link& k = link(RedisLink::command);
+  while (!held_.empty() && held_.front().after_subscribes <= subscribes_confirmed_) {
+    Held& h = held_.front();
+    if (k.out.size() == k.out_head) io_.redis_want_write(RedisLink::command);
+    k.out.append(h.command);
+    pending_.push_back(Pending{Expect::publish, h.publish_number});
+    held_bytes_ -= h.command.size();
+    held_.pop_front();
+  }
+}
+
 void RedisTransport::fail_link(RedisLink l, uint64_t) { io_.redis_close(l); }
 
 void RedisTransport::on_disconnected(RedisLink l, uint64_t now_ms) {
@@ -351,8 +385,15 @@ void RedisTransport::on_disconnected(RedisLink l, uint64_t now_ms) {
   k.out_head = 0;
   k.backoff_ms = k.backoff_ms == 0 ? options_.reconnect_min_ms : std::min(k.backoff_ms * 2, options_.reconnect_max_ms);
   k.retry_at_ms = now_ms + k.backoff_ms;
-  if (l == RedisLink::command) lose_pending_publishes();
-  else resubscribe_acks_due_ = 0;
+  if (l == RedisLink::command) {
+    lose_pending_publishes();
+  } else {
+    // No confirmation will come for what was in flight; what waited for
+    // them may go (other nodes do not need our subscriptions).
+    resubscribe_acks_due_ = 0;
+    subscribes_confirmed_ = subscribes_sent_;
+    if (link(RedisLink::command).phase == Phase::ready) release_held();
+  }
   update_connected();
 }
 
@@ -366,6 +407,12 @@ void RedisTransport::lose_pending_publishes() {
     if (sink_) sink_->on_transport_publish_lost(p.publish_number, 1);
   }
   pending_.clear();
+  for (const Held& h : held_) {
+    ++stats_.publish_lost;
+    if (sink_) sink_->on_transport_publish_lost(h.publish_number, 1);
+  }
+  held_.clear();
+  held_bytes_ = 0;
 }
 
 void RedisTransport::resync_presence() {
@@ -400,7 +447,7 @@ void RedisTransport::resync_presence() {
 void RedisTransport::refresh_presence() {
   command(RedisLink::command, {"PEXPIRE", channel("node:" + options_.node_id + ":users"),
                                std::to_string(options_.presence_ttl_ms)});
-  pending_.push_back(Pending{Expect::ignore, 0});
+  pending_.push_back(Pending{Expect::refresh, 0});
   next_refresh_ms_ = now_ms_ + std::max<uint32_t>(1, options_.presence_ttl_ms / 3);
 }
 

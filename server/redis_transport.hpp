@@ -119,7 +119,7 @@ class RedisTransport final : public Transport {
  private:
   enum class Phase : uint8_t { down, connecting, authenticating, ready };
   // What the reply to a command on the command link means to us.
-  enum class Expect : uint8_t { ignore, auth, publish };
+  enum class Expect : uint8_t { ignore, auth, publish, refresh };
   struct Pending {
     Expect what;
     uint64_t publish_number;
@@ -161,6 +161,19 @@ class RedisTransport final : public Transport {
   std::deque<Pending> pending_;       // replies awaited on the command link, in order
   std::set<std::string> topics_;      // what this node wants subscribed
   size_t resubscribe_acks_due_ = 0;   // subscribe confirmations awaited after connect
+  // A publish must not overtake a subscribe this node made before it (the
+  // two go out on different links): it is held until Redis has confirmed
+  // every subscribe sent before it. Counted per channel confirmation.
+  uint64_t subscribes_sent_ = 0;
+  uint64_t subscribes_confirmed_ = 0;
+  struct Held {
+    uint64_t after_subscribes;  // subscribes_sent_ when it was published
+    uint64_t publish_number;
+    std::string command;        // formatted PUBLISH
+  };
+  std::deque<Held> held_;
+  size_t held_bytes_ = 0;
+  void release_held();
   std::deque<Inbound> inbound_;
   size_t inbound_bytes_ = 0;
   std::unordered_map<std::string, uint32_t, StringHash, std::equal_to<>> presence_;

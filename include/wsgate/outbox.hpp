@@ -20,13 +20,16 @@ class Outbox {
  public:
   void push(FrameRef f);
   // Fills out with the unsent bytes in order, at most out.size() ranges;
-  // returns how many. The ranges stay valid until consume() passes them.
-  size_t gather(std::span<ByteRange> out) const;
+  // returns how many. The ranges stay valid until consume() passes them:
+  // the gathered bytes count as in flight (a send the kernel may still be
+  // reading) until consumed, and drop_unsent() never drops them.
+  size_t gather(std::span<ByteRange> out);
   // n bytes were written to the socket.
   void consume(size_t n);
   void clear();
-  // Drops every frame not yet started, keeping a partly written one so the
-  // byte stream stays well framed. Returns the bytes dropped.
+  // Drops every frame not yet started and not in flight, keeping a partly
+  // written one so the byte stream stays well framed. Returns the bytes
+  // dropped.
   size_t drop_unsent();
 
   bool empty() const { return head_ == frames_.size(); }
@@ -40,6 +43,7 @@ class Outbox {
   uint32_t head_ = 0;         // first unsent frame
   uint32_t head_offset_ = 0;  // bytes of frames_[head_] already sent
   size_t queued_bytes_ = 0;
+  size_t in_flight_bytes_ = 0;  // gathered, not yet consumed
 };
 
 }  // namespace wsgate

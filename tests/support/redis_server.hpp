@@ -14,6 +14,7 @@
 #include <stdexcept>
 #include <string>
 #include <thread>
+#include <vector>
 
 namespace wsgate::test {
 
@@ -47,7 +48,8 @@ inline bool port_accepts(uint16_t port) {
 
 class RedisServer {
  public:
-  explicit RedisServer(std::string password = {}) : password_(std::move(password)), port_(free_loopback_port()) {
+  explicit RedisServer(std::string password = {}, std::vector<std::string> extra_args = {})
+      : password_(std::move(password)), extra_args_(std::move(extra_args)), port_(free_loopback_port()) {
     start();
   }
   ~RedisServer() { stop(); }
@@ -65,14 +67,14 @@ class RedisServer {
       const int null_fd = ::open("/dev/null", O_WRONLY);
       ::dup2(null_fd, STDOUT_FILENO);
       ::dup2(null_fd, STDERR_FILENO);
-      std::string pass = password_.empty() ? std::string() : password_;
-      if (pass.empty())
-        ::execlp("redis-server", "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--loglevel", "warning", static_cast<char*>(nullptr));
-      else
-        ::execlp("redis-server", "redis-server", "--port", port.c_str(), "--bind", "127.0.0.1", "--save", "",
-                 "--appendonly", "no", "--loglevel", "warning", "--requirepass", pass.c_str(),
-                 static_cast<char*>(nullptr));
+      std::vector<std::string> args{"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+                                    "--appendonly", "no", "--loglevel", "warning"};
+      if (!password_.empty()) args.insert(args.end(), {"--requirepass", password_});
+      args.insert(args.end(), extra_args_.begin(), extra_args_.end());
+      std::vector<char*> argv;
+      for (auto& a : args) argv.push_back(a.data());
+      argv.push_back(nullptr);
+      ::execvp("redis-server", argv.data());
       ::_exit(127);
     }
     // Bounded wait for the listening socket.
@@ -102,6 +104,7 @@ class RedisServer {
   }
 
   std::string password_;
+  std::vector<std::string> extra_args_;
   uint16_t port_;
   pid_t pid_ = -1;
 };

@@ -49,7 +49,9 @@ TEST(Gateway, ContentPassesThroughByteForByte) {
   ConnId a = gw.handle_open("alice", 0);
   ConnId b = gw.handle_open("bob", 0);
   for (std::string content : {"1.50e3", "-0.0", R"("h\u00e9llo \"q\" 日本")", R"({ "a" : [ true , null ] , "b":{"c":"}"} })",
-                              "[]", "\"\"", "false", "-1234567890123456789", "1e300"}) {
+                              "[]", "\"\"", "false", "-1234567890123456789", "1e300",
+                              "12345678901234567890123456789", "1e400", "18446744073709551616",
+                              R"({"big":[-1.5e99999,"12345678901234567890123"]})"}) {
     gw.handle_text(a, R"({"type":"send_message", "target_user":"bob", "content": )" + content + " }", 1);
     EXPECT_EQ(texts(gw, b), Texts{R"({"type":"message","from":"alice","content":)" + content + "}"}) << content;
   }
@@ -109,8 +111,9 @@ INSTANTIATE_TEST_SUITE_P(
                       BadInput{R"({"type":"ping"} x)", "Invalid JSON"},
                       BadInput{R"({"type":"broadcast","content":{"a":tru}})", "Invalid JSON"},
                       BadInput{"", "Invalid JSON"},
-                      BadInput{R"({"type":"broadcast","content":123456789012345678901234})",
-                               "Invalid JSON: bad or out-of-range number"}, BadInput{"[1,2]", "Message must be a JSON object"},
+                      BadInput{R"({"type":"broadcast","content":0123})", "Invalid JSON"},
+                      BadInput{R"({"type":"broadcast","content":1.})", "Invalid JSON"},
+                      BadInput{R"({"type":"broadcast","content":[99999999999999999999999,tru]})", "Invalid JSON"}, BadInput{"[1,2]", "Message must be a JSON object"},
                       BadInput{R"({"content":1})", "Missing field: type"},
                       BadInput{R"({"type":5})", "Field type must be a string"},
                       BadInput{R"({"type":"dance"})", "Unknown message type: dance"},
@@ -141,6 +144,40 @@ TEST(Gateway, MissingIdentityIsClosedWith4001) {
   // Nothing it sends is acted on.
   gw.handle_text(a, R"({"type":"ping"})", 1);
   EXPECT_TRUE(gw.outbox(a).empty());
+}
+
+TEST(Gateway, UserIdThatIsNotUtf8IsRefusedWith4001) {
+  Gateway gw(small_config());
+  for (std::string bad : {"\xff\xfe", "caf\xe9", "\xed\xa0\x80", "\xc0\xaf"}) {
+    ConnId a = gw.handle_open(bad, 0);
+    auto closes = gw.take_closes();
+    ASSERT_EQ(closes.size(), 1u);
+    EXPECT_EQ(closes[0].id, a);
+    EXPECT_EQ(closes[0].code, CloseCode::missing_identity);
+  }
+  EXPECT_EQ(gw.user_count(), 0u);
+  gw.handle_open("caf\xc3\xa9", 0);  // café, well formed
+  EXPECT_TRUE(gw.take_closes().empty());
+}
+
+TEST(Gateway, SlowConsumerNeverDropsBytesASendIsStillWriting) {
+  GatewayConfig c = small_config();
+  c.limits.max_message_bytes = 4096;
+  c.limits.send_queue_max_bytes = 16 * 1024;
+  Gateway gw(c);
+  ConnId sender = gw.handle_open("s", 0);
+  ConnId slow = gw.handle_open("slow", 0);
+  const std::string msg = R"({"type":"send_message","target_user":"slow","content":")" + std::string(1000, 'x') + "\"}";
+  for (int i = 0; i < 5; ++i) gw.handle_text(sender, msg, 1);
+  ByteRange in_flight[64];
+  const size_t ranges = gw.outbox(slow).gather(in_flight);  // handed to the kernel
+  size_t in_flight_bytes = 0;
+  for (size_t i = 0; i < ranges; ++i) in_flight_bytes += in_flight[i].size;
+  for (int i = 0; i < 100; ++i) gw.handle_text(sender, msg, 1);  // now a slow consumer
+  ASSERT_EQ(gw.take_closes().size(), 1u);
+  EXPECT_EQ(gw.outbox(slow).queued_bytes(), in_flight_bytes);
+  gw.handle_sent(slow, in_flight_bytes);  // the send completes: nothing breaks
+  EXPECT_TRUE(gw.outbox(slow).empty());
 }
 
 TEST(Gateway, BinaryMessageIsClosedWith1003) {

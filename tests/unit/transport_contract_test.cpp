@@ -5,6 +5,8 @@
 #include <unistd.h>
 
 #include <atomic>
+#include <chrono>
+#include <thread>
 #include <functional>
 #include <map>
 #include <memory>
@@ -12,6 +14,11 @@
 #include <string>
 #include <vector>
 
+#include <hiredis/hiredis.h>
+
+#include "../support/redis_poll_io.hpp"
+#include "../support/redis_server.hpp"
+#include "redis_transport.hpp"
 #include "shm_bus.hpp"
 #include "wsgate/local_transport.hpp"
 #include "wsgate/transport.hpp"
@@ -45,6 +52,8 @@ class TransportHarness {
   // server and drops the slow subscriber's connection, which the
   // subscriber must then report as disconnected.
   virtual bool publisher_sees_slow_subscriber() const { return true; }
+  // How many 1 KiB publishes to a subscriber that never polls, at most.
+  virtual uint32_t slow_subscriber_publishes_max() const { return 200000; }
 
   // Does publish answer no_subscribers when no node subscribes? Redis
   // cannot know it at publish time and answers accepted.
@@ -155,6 +164,94 @@ class ShmHarness final : public TransportHarness {
   std::string name_;
   uint64_t now_ms_ = 1000;
   size_t max_payload_bytes_ = 0;
+};
+
+// A real redis-server on a free loopback port; each node a RedisTransport
+// driven by a poll(2) loop (the server drives the same object from its
+// io_uring loop). Time is real: pumping runs the loops against deadlines.
+class RedisHarness final : public TransportHarness {
+ public:
+  static constexpr uint32_t ttl_ms = 600;
+
+  std::unique_ptr<Transport> make_node(const std::string& node_id) override {
+    RedisOptions o;
+    o.port = redis_.port();
+    o.node_id = node_id;
+    o.prefix = "contract:";
+    o.presence_ttl_ms = ttl_ms;
+    o.reconnect_max_ms = 100;
+    auto io = std::make_unique<PollRedisIo>();
+    auto node = std::make_unique<RedisTransport>(o, *io);
+    io->attach(node.get());
+    ios_[node.get()] = std::move(io);
+    // Ready before the test uses it, as a node is before it serves.
+    const uint64_t end = monotonic_ms() + 5000;
+    while (node->state() != TransportState::connected && monotonic_ms() < end) ios_[node.get()]->pump(5);
+    EXPECT_EQ(node->state(), TransportState::connected);
+    return node;
+  }
+  size_t max_payload_bytes() const override { return RedisOptions{}.max_payload_bytes; }
+  uint64_t now_ms() const override { return monotonic_ms(); }
+  void advance_ms(uint64_t ms) override { std::this_thread::sleep_for(std::chrono::milliseconds(ms)); }
+  uint64_t presence_ttl_ms() const override { return ttl_ms; }
+  bool publisher_sees_slow_subscriber() const override { return false; }
+  // Past the harness's pubsub output limit (4 MiB) and the socket buffers.
+  uint32_t slow_subscriber_publishes_max() const override { return 20000; }
+  bool knows_when_nobody_subscribes() const override { return false; }
+  bool can_cut_backend() const override { return true; }
+  void cut_backend() override { redis_.kill(); }
+  void restore_backend() override { redis_.start(); }
+
+  // Read as a business service would: every node in the set, its hash.
+  std::map<std::string, uint32_t> presence_of(Transport&, std::string_view user) override {
+    std::map<std::string, uint32_t> out;
+    redisContext* c = redisConnect("127.0.0.1", redis_.port());
+    if (!c || c->err) {
+      ADD_FAILURE() << "cannot reach redis";
+      if (c) redisFree(c);
+      return out;
+    }
+    auto* nodes = static_cast<redisReply*>(redisCommand(c, "SMEMBERS contract:nodes"));
+    for (size_t i = 0; nodes && i < nodes->elements; ++i) {
+      const std::string node(nodes->element[i]->str, nodes->element[i]->len);
+      const std::string key = "contract:node:" + node + ":users";
+      auto* r = static_cast<redisReply*>(
+          redisCommand(c, "HGET %b %b", key.data(), key.size(), user.data(), user.size()));
+      if (r && r->type == REDIS_REPLY_STRING) out[node] = uint32_t(std::stoul(std::string(r->str, r->len)));
+      if (r) freeReplyObject(r);
+    }
+    if (nodes) freeReplyObject(nodes);
+    redisFree(c);
+    return out;
+  }
+
+  void pump(std::span<Transport* const> nodes) override {
+    // Quiet: three rounds in a row with nothing delivered and nothing left
+    // to write. Bounded by a deadline.
+    const uint64_t end = monotonic_ms() + 10000;
+    int quiet = 0;
+    while (quiet < 3 && monotonic_ms() < end) {
+      size_t moved = 0;
+      for (Transport* t : nodes) {
+        auto* r = static_cast<RedisTransport*>(t);
+        moved += ios_.at(t)->pump(2);
+        moved += r->output(RedisLink::command).size() + r->output(RedisLink::subscriber).size();
+      }
+      quiet = moved == 0 ? quiet + 1 : 0;
+    }
+  }
+  bool pump_until(std::span<Transport* const> nodes, const std::function<bool()>& done) override {
+    const uint64_t end = monotonic_ms() + 10000;
+    while (!done() && monotonic_ms() < end)
+      for (Transport* t : nodes) ios_.at(t)->pump(2);
+    return done();
+  }
+
+ private:
+  // Redis drops a subscriber that does not read once 4 MiB wait for it
+  // (above the largest message, far below the default 32 MiB).
+  RedisServer redis_{"", {"--client-output-buffer-limit", "pubsub 4mb 2mb 1"}};
+  std::map<const Transport*, std::unique_ptr<PollRedisIo>> ios_;
 };
 
 struct HarnessParam {
@@ -414,7 +511,7 @@ TEST_P(TransportContract, LargePayloadsArriveWholeAndOversizeIsRefused) {
 
 TEST_P(TransportContract, SlowSubscriberCausesBackpressureWithoutLossOrCorruption) {
   // Bounds the loop for a transport that never pushes back.
-  constexpr uint32_t publishes_max = 200000;
+  const uint32_t publishes_max = harness_->slow_subscriber_publishes_max();
   constexpr size_t payload_bytes = 1024;
   Node& stuck = add_node("stuck");
   Node& healthy = add_node("healthy");
@@ -547,7 +644,8 @@ TEST_P(TransportContract, PublishWhileBackendUnreachableIsRefusedOrDeliveredLate
 INSTANTIATE_TEST_SUITE_P(
     Transports, TransportContract,
     ::testing::Values(HarnessParam{"local", [] { return std::unique_ptr<TransportHarness>(new LocalHarness); }},
-                      HarnessParam{"shm", [] { return std::unique_ptr<TransportHarness>(new ShmHarness); }}),
+                      HarnessParam{"shm", [] { return std::unique_ptr<TransportHarness>(new ShmHarness); }},
+                      HarnessParam{"redis", [] { return std::unique_ptr<TransportHarness>(new RedisHarness); }}),
     [](const ::testing::TestParamInfo<HarnessParam>& info) { return std::string(info.param.name); });
 
 }  // namespace

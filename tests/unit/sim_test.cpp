@@ -1,0 +1,173 @@
+// The cluster simulator (sim/): determinism, the named scenarios, a seed
+// sweep, and proof that it finds planted bugs. Runs are small so the whole
+// file stays within a few seconds on two cores.
+#include <gtest/gtest.h>
+
+#include <cstdio>
+#include <string>
+
+#include "simulation.hpp"
+
+namespace wsgate::sim {
+namespace {
+
+// The core's rebalancer moves clients while the cluster is inside the band
+// (it compares its own fresh count with its peers' reports from up to one
+// interval earlier: every ramp-up, failover or drain triggers it). Reported
+// by the simulator as rebalance_only_when_needed; ignored here until the
+// core fix lands, and pinned by ReportsNeedlessRebalanceMoves below.
+uint32_t known_bugs() { return 1u << unsigned(Invariant::rebalance_only_when_needed); }
+
+SimOptions small(uint64_t seed, BusKind bus = BusKind::shm) {
+  SimOptions o;
+  o.seed = seed;
+  o.nodes = 4;
+  o.clients = 200;
+  o.duration_ms = 4000;
+  o.faults = all_faults();
+  o.bus = bus;
+  o.action_interval_ms = 1000;
+  o.broadcasts_per_s = 5;
+  o.quiet = true;
+  o.ignored_invariants = known_bugs();
+  return o;
+}
+
+std::string describe(const SimOptions& o, const SimResult& r) {
+  std::string out;
+  for (const Violation& v : r.violations)
+    out += std::string(invariant_name(v.invariant)) + ": " + v.detail + "\n" + v.recent + "reproduce: " +
+           reproduce_command(o) + "\n";
+  return out;
+}
+
+SimResult run(const SimOptions& o) { return Simulation(o).run(); }
+
+TEST(Sim, SameSeedSameTrace) {
+  for (BusKind bus : {BusKind::shm, BusKind::local}) {
+    const SimResult a = run(small(42, bus));
+    const SimResult b = run(small(42, bus));
+    EXPECT_EQ(a.trace_hash, b.trace_hash);
+    EXPECT_EQ(a.trace_records, b.trace_records);
+    EXPECT_EQ(a.stats.events, b.stats.events);
+    EXPECT_GT(a.stats.direct_delivered, 0u);
+    EXPECT_GT(a.stats.broadcast_deliveries, 0u);
+  }
+}
+
+TEST(Sim, DifferentSeedsDifferentTraces) {
+  EXPECT_NE(run(small(1)).trace_hash, run(small(2)).trace_hash);
+}
+
+TEST(Sim, EveryFaultHappensAndInvariantsHold) {
+  SimOptions o = small(7);
+  o.duration_ms = 15000;
+  const SimResult r = run(o);
+  EXPECT_TRUE(r.ok()) << describe(o, r);
+  const SimStats& s = r.stats;
+  EXPECT_GT(s.crashes + s.partitions + s.drains + s.stalls + s.vanishes + s.storms, 3u);
+  EXPECT_GT(s.bus_duplicated, 0u);
+  EXPECT_GT(s.stale_dropped, 0u);  // the Gateway dropped the bus's duplicates
+  EXPECT_GE(s.presence_converged_ms, 0);
+}
+
+TEST(Sim, ScenarioFailover) {
+  SimOptions o;
+  o.scenario = "failover";
+  ASSERT_TRUE(apply_scenario_defaults(o));
+  o.seed = 1;
+  o.quiet = true;
+  o.ignored_invariants = known_bugs();
+  const SimResult r = run(o);
+  EXPECT_TRUE(r.ok()) << describe(o, r);
+  EXPECT_EQ(r.stats.crashes, 1u);
+  EXPECT_GT(r.stats.failover_clients, 0u);
+  EXPECT_GT(r.stats.failover_ms_max, 0u);  // every orphan reconnected elsewhere
+  EXPECT_LT(r.stats.failover_ms_max, 5000u);
+}
+
+TEST(Sim, ScenarioRebalance) {
+  SimOptions o;
+  o.scenario = "rebalance";
+  ASSERT_TRUE(apply_scenario_defaults(o));
+  o.seed = 1;
+  o.quiet = true;
+  o.ignored_invariants = known_bugs();
+  const SimResult r = run(o);
+  EXPECT_TRUE(r.ok()) << describe(o, r);
+  EXPECT_EQ(r.stats.joins, 2u);
+  EXPECT_GT(r.stats.rebalance_moves, 0u);
+  EXPECT_LE(r.stats.max_load_ratio, 1.2 + 0.01);
+}
+
+TEST(Sim, ScenarioBroadcast) {
+  SimOptions o;
+  o.scenario = "broadcast";
+  ASSERT_TRUE(apply_scenario_defaults(o));
+  o.seed = 1;
+  o.quiet = true;
+  o.ignored_invariants = known_bugs();
+  const SimResult r = run(o);
+  EXPECT_TRUE(r.ok()) << describe(o, r);
+  EXPECT_GT(r.stats.broadcast_sent, 300u);
+  EXPECT_GT(r.stats.broadcast_obligations, 100000u);
+}
+
+// CI's sweep: 200 short seeds with every fault (about 4 s of CPU).
+TEST(Sim, SweepOf200Seeds) {
+  SimOptions o = small(1);
+  o.duration_ms = 5000;
+  std::FILE* sink = std::tmpfile();
+  const uint32_t failed = run_sweep(o, 1, 200, sink);
+  std::rewind(sink);
+  std::string log(1 << 16, '\0');
+  log.resize(std::fread(log.data(), 1, log.size(), sink));
+  std::fclose(sink);
+  EXPECT_EQ(failed, 0u) << log;
+}
+
+// A planted bug must be found, named, and reproducible from its seed.
+void expect_found(PlantedBug bug) {
+  for (uint64_t seed = 1; seed <= 50; ++seed) {
+    SimOptions o = small(seed);
+    o.plant = bug;
+    o.faults = parse_faults("delay,duplicate");
+    Simulation sim(o);
+    sim.stop_at_first_violation = true;
+    const SimResult r = sim.run();
+    if (r.ok()) continue;
+    const Invariant inv = r.violations[0].invariant;
+    EXPECT_TRUE(inv == Invariant::direct_at_most_once || inv == Invariant::broadcast_exactly_once)
+        << invariant_name(inv) << ": " << r.violations[0].detail;
+    const std::string cmd = reproduce_command(o);
+    EXPECT_NE(cmd.find("--seed " + std::to_string(seed) + " "), std::string::npos) << cmd;
+    EXPECT_NE(cmd.find(std::string("--plant-bug ") + planted_bug_name(bug)), std::string::npos) << cmd;
+    // The reproduction gives the same violation at the same moment.
+    Simulation again(o);
+    again.stop_at_first_violation = true;
+    const SimResult r2 = again.run();
+    ASSERT_FALSE(r2.ok());
+    EXPECT_EQ(r2.violations[0].invariant, inv);
+    EXPECT_EQ(r2.violations[0].time_ms, r.violations[0].time_ms);
+    EXPECT_EQ(r2.trace_hash, r.trace_hash);
+    return;
+  }
+  ADD_FAILURE() << "planted bug " << planted_bug_name(bug) << " not found in 50 seeds";
+}
+
+TEST(Sim, FindsPlantedBugResequencingBus) { expect_found(PlantedBug::resequence); }
+TEST(Sim, FindsPlantedBugTinyOriginTable) { expect_found(PlantedBug::origin_table_1); }
+
+// Pins the known core bug (see known_bugs()): when core/gateway.cpp's
+// rebalance() is fixed, this test fails and known_bugs() should go.
+TEST(Sim, ReportsNeedlessRebalanceMoves) {
+  SimOptions o = small(1);
+  o.faults = 0;
+  o.ignored_invariants = 0;
+  const SimResult r = run(o);
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.violations[0].invariant, Invariant::rebalance_only_when_needed) << r.violations[0].detail;
+}
+
+}  // namespace
+}  // namespace wsgate::sim
