@@ -43,8 +43,17 @@ bool FrameScanner::accept_header() {
   if (have_ < header_bytes(hdr_)) return true;
   // Fragmentation (5.4): a data frame without FIN opens a message, a final
   // continuation closes it. Wrong sequences are wslay's to reject (1002).
-  if (opcode == 0x1 || opcode == 0x2) in_fragmented_ = !fin;
-  else if (opcode == 0x0 && fin) in_fragmented_ = false;
+  if (opcode == 0x1 || opcode == 0x2) {
+    in_fragmented_ = !fin;
+    message_bytes_ = len;
+  } else if (opcode == 0x0) {
+    if (fin) in_fragmented_ = false;
+    message_bytes_ += len;
+  }
+  if (!control && message_bytes_ > max_message_bytes_) {
+    too_big_ = true;
+    return false;
+  }
   payload_left_ = len;
   have_ = 0;
   return true;

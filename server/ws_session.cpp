@@ -29,7 +29,7 @@ struct WsSession::Input {
 };
 
 WsSession::WsSession(Gateway& gw, ConnId id, const Limits& limits)
-    : gw_(&gw), id_(id), max_message_bytes_(limits.max_message_bytes) {}
+    : gw_(&gw), id_(id), scanner_(limits.max_message_bytes) {}
 
 WsSession::~WsSession() {
   if (ctx_) wslay_event_context_free(ctx_);
@@ -105,7 +105,7 @@ bool WsSession::ensure_context() {
     ctx_ = nullptr;
     return false;
   }
-  wslay_event_config_set_max_recv_msg_length(ctx_, max_message_bytes_);
+  wslay_event_config_set_max_recv_msg_length(ctx_, scanner_.max_message_bytes());
   return true;
 }
 
@@ -169,7 +169,7 @@ void WsSession::feed(const uint8_t* data, size_t n, uint64_t now_ms) {
       input_ = nullptr;
       note_state_after_recv(r);
     }
-    if (scanner_.failed() && !failed_ && !close_received_) fail_with(WSLAY_CODE_PROTOCOL_ERROR);
+    if (scanner_.failed() && !failed_ && !close_received_) fail_with(scanner_.failure_code());
     flush_control();
   }
   if (failed_ && !close_queued_) {

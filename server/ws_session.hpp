@@ -80,7 +80,6 @@ class WsSession {
   wslay_event_context_ptr ctx_ = nullptr;
   Input* input_ = nullptr;  // set only inside feed()
   uint64_t close_bytes_left_ = 0;  // outbox bytes through our close frame, unwritten
-  uint32_t max_message_bytes_;
   FrameScanner scanner_;
   bool close_queued_ = false;
   bool close_requested_ = false;  // close() was called: we started the handshake
