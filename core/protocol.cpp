@@ -165,7 +165,7 @@ std::string_view find_raw_field(const char* p, std::string_view name) {
 ParseResult MessageParser::parse(std::string_view payload) {
   Impl& m = *impl_;
   if (payload.size() > m.capacity) return fail("Message too large");
-  std::memcpy(m.buffer.get(), payload.data(), payload.size());
+  if (!payload.empty()) std::memcpy(m.buffer.get(), payload.data(), payload.size());  // data() may be null
   std::memset(m.buffer.get() + payload.size(), 0, simdjson::SIMDJSON_PADDING);
   const size_t n = payload.size();
 

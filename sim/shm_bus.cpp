@@ -349,7 +349,7 @@ void write_record(unsigned char* ring, NodeSlot& n, uint64_t ring_bytes, uint64_
   unsigned char* at = ring + n.head % ring_bytes;
   WSGATE_ASSERT(n.head % ring_bytes + record_bytes <= ring_bytes);
   std::memcpy(at + sizeof(RecordHeader), topic.data(), topic.size());
-  std::memcpy(at + sizeof(RecordHeader) + topic.size(), payload.data(), payload.size());
+  if (!payload.empty()) std::memcpy(at + sizeof(RecordHeader) + topic.size(), payload.data(), payload.size());
   const RecordHeader header{uint32_t(record_bytes), uint32_t(topic.size()), uint32_t(payload.size()), record_magic};
   std::memcpy(at, &header, sizeof header);
   n.head += record_bytes;
