@@ -591,6 +591,12 @@ std::string Gateway::render_health() const {
   append_json_string(out, config_.node_id);
   out += R"(,"connections":)";
   out += std::to_string(open_count_);
+  if (transport_) {
+    out += R"(,"transport":)";
+    append_json_string(out, transport_->name());
+    out += transport_->state() == TransportState::connected ? R"(,"transport_connected":true)"
+                                                            : R"(,"transport_connected":false)";
+  }
   out += '}';
   return out;
 }

@@ -60,7 +60,8 @@ const char* signal_name(uint32_t signo) {
 EventLoop::EventLoop(const ServerOptions& options, unsigned ring_setup_flags)
     : options_(options),
       setup_flags_(ring_setup_flags),
-      gateway_(gateway_config(options)),
+      transport_(make_transport()),
+      gateway_(gateway_config(options), transport_.get()),
       sockets_(socket_capacity_for(options.limits)) {}
 
 EventLoop::~EventLoop() {
@@ -121,7 +122,7 @@ uint64_t EventLoop::next_deadline_ms() const {
   if (gateway_.connection_count() > 0 || gateway_.next_tick_ms() > 0) at = std::min(at, gateway_.next_tick_ms());
   if (!accept_armed_ && listener_.fd >= 0 && !shutting_down_) at = std::min(at, accept_retry_at_ms_);
   if (shutting_down_) at = std::min(at, shutdown_forced_ ? shutdown_deadline_ms_ + shutdown_grace_ms : shutdown_deadline_ms_);
-  return at;
+  return std::min(at, next_transport_deadline_ms());
 }
 
 void EventLoop::wait_for_completions() {
@@ -160,6 +161,11 @@ void EventLoop::handle_completion(const io_uring_cqe& cqe) {
       listener_closed_ = true;
       return;
     case Op::cancel: return;  // the cancelled requests report for themselves
+    case Op::redis_connect:
+    case Op::redis_recv:
+    case Op::redis_send:
+    case Op::redis_close:
+      return on_redis_completion(ud.op, RedisLink(ud.index), cqe);
     default: break;
   }
   Socket* s = sockets_.find(ud.index, ud.generation);
@@ -562,8 +568,11 @@ int EventLoop::run() {
     now_ms_ = monotonic_ms();
     process_completions();
     run_timers();
+    // Messages from other nodes go to the core's outboxes before the writes.
+    transport_->poll(now_ms_);
     carry_out_closes();
     flush_writes();
+    flush_redis();
     buffers_->publish();
     rearm_receives();
   }

@@ -27,16 +27,21 @@
 #include <string>
 #include <vector>
 
+#include <sys/socket.h>
+
 #include "buffer_ring.hpp"
 #include "listener.hpp"
 #include "options.hpp"
+#include "redis_transport.hpp"
 #include "socket_table.hpp"
+#include "user_data.hpp"
 #include "wsgate/gateway.hpp"
 #include "wsgate/handshake.hpp"
+#include "wsgate/local_transport.hpp"
 
 namespace wsgate::server {
 
-class EventLoop {
+class EventLoop final : private RedisIo {
  public:
   EventLoop(const ServerOptions& options, unsigned ring_setup_flags);
   ~EventLoop();
@@ -102,6 +107,29 @@ class EventLoop {
                std::string_view body);
   std::string render_metrics() const;
 
+  // --- the transport (event_loop_transport.cpp) -----------------------------
+  std::unique_ptr<Transport> make_transport();
+  uint64_t next_transport_deadline_ms() const;
+  // RedisIo: the Redis transport's two TCP links, on this ring.
+  void redis_connect(RedisLink link) override;
+  void redis_want_write(RedisLink link) override;
+  void redis_close(RedisLink link) override;
+  void on_redis_completion(Op op, RedisLink link, const io_uring_cqe& cqe);
+  void flush_redis();
+  void fail_redis_link(RedisLink link);
+  struct RedisLinkState {
+    int fd = -1;
+    uint32_t generation = 0;  // bumped per connection: stale completions are dropped
+    bool connected = false;
+    bool recv_armed = false;
+    bool send_in_flight = false;
+    bool closing = false;
+    sockaddr_storage address{};
+    std::string sending;  // a stable copy of what the send in flight writes
+    size_t sent = 0;
+  };
+  RedisLinkState redis_links_[2];
+
   // --- per iteration --------------------------------------------------------
   void run_timers();
   void carry_out_closes();
@@ -127,6 +155,11 @@ class EventLoop {
 
   ServerOptions options_;
   unsigned setup_flags_;
+  // Before gateway_, which holds a pointer to the transport.
+  std::unique_ptr<LocalBus> local_bus_;
+  RedisTransport* redis_ = nullptr;  // transport_, when it is Redis
+  bool transport_polls_ = false;     // shm: no fd to wake on, so poll often
+  std::unique_ptr<Transport> transport_;
   Gateway gateway_;
   SocketTable sockets_;
   io_uring ring_{};

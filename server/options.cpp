@@ -63,7 +63,7 @@ constexpr std::array<LimitFlag, 18> limit_flags{{
 // A field added to Limits without a flag here fails the build.
 static_assert(sizeof(Limits) == limit_flags.size() * sizeof(uint32_t), "every field of Limits needs a flag");
 
-enum class StringFlag : uint8_t { host, port, node_id, transport, redis };
+enum class StringFlag : uint8_t { host, port, node_id, transport, redis, redis_password, redis_prefix, presence_ttl_ms, shm_name };
 
 struct OtherFlag {
   const char* flag;
@@ -72,14 +72,21 @@ struct OtherFlag {
   const char* help;
 };
 
-constexpr std::array<OtherFlag, 5> other_flags{{
+constexpr std::array<OtherFlag, 9> other_flags{{
     {"--host", "WSGATE_HOST", StringFlag::host, "address to listen on"},
     {"--port", "PORT", StringFlag::port, "TCP port to listen on; 0 picks a free port"},
     {"--node-id", "NODE_ID", StringFlag::node_id, "this node's id in logs, /health and /metrics"},
     {"--transport", "WSGATE_TRANSPORT", StringFlag::transport,
-     "local (one process); redis and shm are not available yet"},
+     "local: this node alone; redis: nodes on many hosts share a Redis; shm: nodes on one host share memory"},
     {"--redis", "REDIS_HOST", StringFlag::redis,
-     "HOST:PORT of Redis for --transport redis (REDIS_PORT sets the port)"},
+     "HOST[:PORT] of Redis for --transport redis (REDIS_PORT sets the port)"},
+    {"--redis-password", "REDIS_PASSWORD", StringFlag::redis_password, "Redis AUTH password (empty: none)"},
+    {"--redis-prefix", "WSGATE_REDIS_PREFIX", StringFlag::redis_prefix,
+     "prefix of every Redis key and channel, so deployments can share one Redis"},
+    {"--presence-ttl-ms", "WSGATE_PRESENCE_TTL_MS", StringFlag::presence_ttl_ms,
+     "ms after which a node that stopped refreshing (crashed) no longer counts in presence"},
+    {"--shm-name", "WSGATE_SHM_NAME", StringFlag::shm_name,
+     "name of the shared-memory segment for --transport shm"},
 }};
 
 std::optional<uint64_t> parse_unsigned(std::string_view s, uint64_t max) {
@@ -130,17 +137,41 @@ std::string apply_other(ServerOptions& o, const OtherFlag& f, std::string_view v
       o.transport = value;
       return {};
     case StringFlag::redis:
+      if (value.empty()) return std::string(source) + ": empty Redis address";
       o.redis = value;
+      return {};
+    case StringFlag::redis_password:
+      o.redis_password = value;
+      return {};
+    case StringFlag::redis_prefix:
+      o.redis_prefix = value;
+      return {};
+    case StringFlag::presence_ttl_ms: {
+      auto v = parse_unsigned(value, UINT32_MAX);
+      if (!v || *v < 100)
+        return std::string(source) + ": expected a whole number of ms >= 100, got '" + std::string(value) + "'";
+      o.presence_ttl_ms = uint32_t(*v);
+      return {};
+    }
+    case StringFlag::shm_name:
+      if (value.empty() || value.find('/') != std::string_view::npos)
+        return std::string(source) + ": a shared-memory name is a non-empty word without '/'";
+      o.shm_name = value;
       return {};
   }
   return {};
 }
 
 std::string check_transport(const ServerOptions& o) {
-  if (o.transport == "local") return {};
-  if (o.transport == "redis" || o.transport == "shm")
-    return "transport '" + o.transport + "' is not available yet; use --transport local";
-  return "unknown transport '" + o.transport + "'; expected local (redis and shm are not available yet)";
+  if (o.transport == "local" || o.transport == "redis" || o.transport == "shm") return {};
+  return "unknown transport '" + o.transport + "'; expected local, redis or shm";
+}
+
+// Node ids travel in transport envelopes (one line) and JSON.
+std::string check_node_id(const std::string& id) {
+  for (unsigned char c : id)
+    if (c < 0x21 || c == 0x7F) return "node id '" + id + "' has a space or control character";
+  return {};
 }
 
 std::string default_text(const LimitFlag& f) { return std::to_string(Limits{}.*f.field); }
@@ -190,7 +221,11 @@ std::string options_help() {
   row("--port PORT", other_flags[1].help, std::to_string(d.port), other_flags[1].env);
   row("--node-id ID", other_flags[2].help, "the host name", other_flags[2].env);
   row("--transport local|redis|shm", other_flags[3].help, d.transport, other_flags[3].env);
-  row("--redis HOST:PORT", other_flags[4].help, "127.0.0.1:6379", other_flags[4].env);
+  row("--redis HOST:PORT", other_flags[4].help, d.redis, other_flags[4].env);
+  row("--redis-password SECRET", other_flags[5].help, "none", other_flags[5].env);
+  row("--redis-prefix PREFIX", other_flags[6].help, d.redis_prefix, other_flags[6].env);
+  row("--presence-ttl-ms N", other_flags[7].help, std::to_string(d.presence_ttl_ms) + " ms", other_flags[7].env);
+  row("--shm-name NAME", other_flags[8].help, d.shm_name, other_flags[8].env);
   h += "\nLimits (each N is a whole number, in the unit the name ends with):\n";
   for (const LimitFlag& f : limit_flags) {
     row(std::string(f.flag) + " N", f.help, default_text(f) + " " + f.unit, f.env);
@@ -214,9 +249,8 @@ OptionsOutcome parse_options(int argc, const char* const* argv, const EnvLookup&
       if (std::string e = apply_other(o, f, v, f.env); !e.empty()) return fail(e);
     }
   }
-  if (const char* v = env("REDIS_PORT"); v && !o.redis.empty() && o.redis.find(':') == std::string::npos) {
-    o.redis += ":" + std::string(v);
-  }
+  // Kubernetes manifests set the host and the port apart.
+  if (const char* v = env("REDIS_PORT")) o.redis = o.redis.substr(0, o.redis.rfind(':')) + ":" + v;
   for (const LimitFlag& f : limit_flags) {
     if (const char* v = env(f.env)) {
       if (std::string e = apply_limit(o, f, v, f.env); !e.empty()) return fail(e);
@@ -254,6 +288,8 @@ OptionsOutcome parse_options(int argc, const char* const* argv, const EnvLookup&
   if (std::string e = check_transport(o); !e.empty()) return fail(e);
   if (std::string e = explain_inconsistent_limits(o.limits); !e.empty()) return fail(e);
   if (o.node_id.empty()) o.node_id = host_name();
+  if (std::string e = check_node_id(o.node_id); !e.empty()) return fail(e);
+  if (o.redis.find(':') == std::string::npos) o.redis += ":6379";
   return out;
 }
 

@@ -16,7 +16,13 @@ struct ServerOptions {
   uint16_t port = 8080;  // 0: the kernel picks a free port
   std::string node_id;   // empty until resolved: the host name by default
   std::string transport = "local";
-  std::string redis;     // HOST:PORT, for --transport redis (not available yet)
+  // --transport redis
+  std::string redis = "127.0.0.1:6379";  // HOST:PORT
+  std::string redis_password;            // AUTH when not empty
+  std::string redis_prefix = "wsgate:";  // of every key and channel
+  uint32_t presence_ttl_ms = 15000;      // a crashed node's users vanish after this
+  // --transport shm: the shared-memory segment the nodes on this host share
+  std::string shm_name = "wsgate";
   Limits limits;
 };
 

@@ -19,6 +19,12 @@ enum class Op : uint8_t {
   close = 5,     // close of a socket
   signal = 6,    // read of the signalfd
   listener_close = 7,
+  // The Redis transport's two links (slot index = RedisLink, generation =
+  // the link's connection generation).
+  redis_connect = 8,
+  redis_recv = 9,
+  redis_send = 10,
+  redis_close = 11,
 };
 
 constexpr uint32_t max_slot_index = (1u << 24) - 1;
