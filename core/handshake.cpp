@@ -110,6 +110,8 @@ bool parse_header_line(std::string_view line, RequestHead& out, SeenHeaders& see
   if (iequals(name, "sec-websocket-version"))
     return set_once(out.websocket_version, seen.version, value);
   if (iequals(name, "origin")) return set_once(out.origin, seen.origin, value);
+  if (iequals(name, "x-real-ip")) out.x_real_ip = value;
+  else if (iequals(name, "x-forwarded-for")) out.x_forwarded_for = value;
   if (iequals(name, "upgrade")) set_list(out.upgrade, seen.upgrade, value, "websocket");
   else if (iequals(name, "connection")) set_list(out.connection, seen.connection, value, "upgrade");
   return true;
@@ -280,6 +282,16 @@ std::string http_response(uint16_t status, std::string_view content_type, std::s
   if (status == 426) r.append("Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n");
   r.append("\r\n").append(body);
   return r;
+}
+
+std::string_view forwarded_client_ip(const RequestHead& head) {
+  if (!head.x_real_ip.empty()) return head.x_real_ip;
+  std::string_view list = head.x_forwarded_for;
+  const size_t comma = list.rfind(',');
+  if (comma != std::string_view::npos) list.remove_prefix(comma + 1);
+  while (!list.empty() && (list.front() == ' ' || list.front() == '\t')) list.remove_prefix(1);
+  while (!list.empty() && (list.back() == ' ' || list.back() == '\t')) list.remove_suffix(1);
+  return list;
 }
 
 }  // namespace wsgate

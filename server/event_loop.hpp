@@ -103,6 +103,7 @@ class EventLoop final : private RedisIo {
   void handle_http_bytes(Socket& s, uint32_t index, const uint8_t* data, size_t n);
   void handle_request(Socket& s, uint32_t index, const RequestHead& head);
   void upgrade(Socket& s, uint32_t index, const RequestHead& head);
+  std::string client_ip(const Socket& s, const RequestHead& head) const;
   void respond(Socket& s, uint32_t index, uint16_t status, std::string_view content_type,
                std::string_view body);
   std::string render_metrics() const;

@@ -4,6 +4,8 @@
 // close, anything else is refused.
 #include <cstring>
 
+#include <algorithm>
+
 #include "event_loop.hpp"
 #include "http_router.hpp"
 #include "log.hpp"
@@ -63,6 +65,18 @@ void EventLoop::handle_request(Socket& s, uint32_t index, const RequestHead& hea
   }
 }
 
+// Behind a trusted reverse proxy every connection comes from the proxy's
+// address; the client's is in the headers the proxy sets.
+std::string EventLoop::client_ip(const Socket& s, const RequestHead& head) const {
+  std::string peer = peer_ip_bytes(s.fd);
+  if (options_.trusted_proxies.empty()) return peer;
+  if (std::find(options_.trusted_proxies.begin(), options_.trusted_proxies.end(), peer) ==
+      options_.trusted_proxies.end())
+    return peer;
+  const std::string forwarded = ip_to_bytes(std::string(forwarded_client_ip(head)));
+  return forwarded.empty() ? peer : forwarded;
+}
+
 // RFC 6455 4.2: validate, admit, answer 101, open the core connection and
 // hand it whatever the client sent after its head (a pipelined first frame).
 void EventLoop::upgrade(Socket& s, uint32_t index, const RequestHead& head) {
@@ -71,7 +85,7 @@ void EventLoop::upgrade(Socket& s, uint32_t index, const RequestHead& head) {
     gateway_.metrics().reject(check.status == 426 ? RejectReason::bad_version : RejectReason::bad_request);
     return respond(s, index, check.status, "text/plain", check.reason);
   }
-  switch (gateway_.handle_upgrade_request(peer_ip_bytes(s.fd), now_ms_)) {
+  switch (gateway_.handle_upgrade_request(client_ip(s, head), now_ms_)) {
     case Admission::ok:
       break;
     case Admission::too_many_connections:

@@ -1,5 +1,6 @@
 #include "options.hpp"
 
+#include <arpa/inet.h>
 #include <unistd.h>
 
 #include <array>
@@ -51,9 +52,9 @@ constexpr std::array<LimitFlag, 18> limit_flags{{
     {"--load-report-interval-ms", "WSGATE_LOAD_REPORT_INTERVAL_MS", &Limits::load_report_interval_ms,
      "milliseconds", "cluster: how often this node publishes its connection count"},
     {"--rebalance-tolerance-pct", "WSGATE_REBALANCE_TOLERANCE_PCT", &Limits::rebalance_tolerance_pct,
-     "percent", "cluster: load above the mean by this much sheds connections (4002); 0: off"},
+     "percent", "cluster: a node above the mean by more than this asks clients to reconnect elsewhere (4002)"},
     {"--rebalance-max-moves-per-s", "WSGATE_REBALANCE_MAX_MOVES_PER_S",
-     &Limits::rebalance_max_moves_per_s, "connections/s", "cluster: at most this many 4002 closes per second"},
+     &Limits::rebalance_max_moves_per_s, "connections/s", "cluster: at most this many 4002 closes per second; 0 turns rebalancing off"},
     {"--drain-max-closes-per-s", "WSGATE_DRAIN_MAX_CLOSES_PER_S", &Limits::drain_max_closes_per_s,
      "connections/s", "a draining node closes its connections (1001) at most this fast"},
     {"--max-tracked-origins", "WSGATE_MAX_TRACKED_ORIGINS", &Limits::max_tracked_origins, "publishers",
@@ -63,7 +64,7 @@ constexpr std::array<LimitFlag, 18> limit_flags{{
 // A field added to Limits without a flag here fails the build.
 static_assert(sizeof(Limits) == limit_flags.size() * sizeof(uint32_t), "every field of Limits needs a flag");
 
-enum class StringFlag : uint8_t { host, port, node_id, transport, redis, redis_password, redis_prefix, presence_ttl_ms, shm_name };
+enum class StringFlag : uint8_t { host, port, node_id, transport, redis, redis_password, redis_prefix, presence_ttl_ms, shm_name, trusted_proxies };
 
 struct OtherFlag {
   const char* flag;
@@ -72,7 +73,7 @@ struct OtherFlag {
   const char* help;
 };
 
-constexpr std::array<OtherFlag, 9> other_flags{{
+constexpr std::array<OtherFlag, 10> other_flags{{
     {"--host", "WSGATE_HOST", StringFlag::host, "address to listen on"},
     {"--port", "PORT", StringFlag::port, "TCP port to listen on; 0 picks a free port"},
     {"--node-id", "NODE_ID", StringFlag::node_id, "this node's id in logs, /health and /metrics"},
@@ -87,7 +88,21 @@ constexpr std::array<OtherFlag, 9> other_flags{{
      "ms after which a node that stopped refreshing (crashed) no longer counts in presence"},
     {"--shm-name", "WSGATE_SHM_NAME", StringFlag::shm_name,
      "name of the shared-memory segment for --transport shm"},
+    {"--trusted-proxies", "WSGATE_TRUSTED_PROXIES", StringFlag::trusted_proxies,
+     "comma-separated proxy IPs (e.g. nginx) whose X-Real-IP/X-Forwarded-For names the client for the per-IP limit"},
 }};
+
+}  // namespace
+
+std::string ip_to_bytes(const std::string& ip) {
+  in_addr v4;
+  if (inet_pton(AF_INET, ip.c_str(), &v4) == 1) return std::string(reinterpret_cast<const char*>(&v4), 4);
+  in6_addr v6;
+  if (inet_pton(AF_INET6, ip.c_str(), &v6) == 1) return std::string(reinterpret_cast<const char*>(&v6), 16);
+  return {};
+}
+
+namespace {
 
 std::optional<uint64_t> parse_unsigned(std::string_view s, uint64_t max) {
   if (s.empty()) return std::nullopt;
@@ -151,6 +166,20 @@ std::string apply_other(ServerOptions& o, const OtherFlag& f, std::string_view v
       if (!v || *v < 100)
         return std::string(source) + ": expected a whole number of ms >= 100, got '" + std::string(value) + "'";
       o.presence_ttl_ms = uint32_t(*v);
+      return {};
+    }
+    case StringFlag::trusted_proxies: {
+      o.trusted_proxies.clear();
+      std::string_view rest = value;
+      while (!rest.empty()) {
+        const size_t comma = rest.find(',');
+        std::string ip(rest.substr(0, comma));
+        rest = comma == std::string_view::npos ? std::string_view() : rest.substr(comma + 1);
+        if (ip.empty()) continue;
+        std::string bytes = ip_to_bytes(ip);
+        if (bytes.empty()) return std::string(source) + ": '" + ip + "' is not an IPv4 or IPv6 address";
+        o.trusted_proxies.push_back(std::move(bytes));
+      }
       return {};
     }
     case StringFlag::shm_name:
@@ -226,6 +255,7 @@ std::string options_help() {
   row("--redis-prefix PREFIX", other_flags[6].help, d.redis_prefix, other_flags[6].env);
   row("--presence-ttl-ms N", other_flags[7].help, std::to_string(d.presence_ttl_ms) + " ms", other_flags[7].env);
   row("--shm-name NAME", other_flags[8].help, d.shm_name, other_flags[8].env);
+  row("--trusted-proxies IP,...", other_flags[9].help, "none", other_flags[9].env);
   h += "\nLimits (each N is a whole number, in the unit the name ends with):\n";
   for (const LimitFlag& f : limit_flags) {
     row(std::string(f.flag) + " N", f.help, default_text(f) + " " + f.unit, f.env);

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "wsgate/limits.hpp"
 
@@ -23,6 +24,9 @@ struct ServerOptions {
   uint32_t presence_ttl_ms = 15000;      // a crashed node's users vanish after this
   // --transport shm: the shared-memory segment the nodes on this host share
   std::string shm_name = "wsgate";
+  // Reverse proxies (raw 4- or 16-byte addresses) whose X-Real-IP or
+  // X-Forwarded-For names the client for the per-IP limit.
+  std::vector<std::string> trusted_proxies;
   Limits limits;
 };
 
@@ -43,6 +47,10 @@ OptionsOutcome parse_options(int argc, const char* const* argv, const EnvLookup&
 
 // The text of --help: every flag with its unit, default and variable.
 std::string options_help();
+
+// An address as the raw bytes peer_ip_bytes() gives (4 or 16); empty if
+// ip is not an IPv4 or IPv6 address.
+std::string ip_to_bytes(const std::string& ip);
 
 // Why limits_are_consistent() fails, in one line; empty if it holds.
 std::string explain_inconsistent_limits(const Limits& limits);

@@ -21,6 +21,9 @@ struct RequestHead {
   std::string_view websocket_version;
   std::string_view origin;
   std::string_view host;
+  // Set by a reverse proxy; believed only from --trusted-proxies.
+  std::string_view x_real_ip;
+  std::string_view x_forwarded_for;  // the last such header
   size_t head_bytes = 0;  // through the blank line that ends the head
 };
 
@@ -49,6 +52,11 @@ std::optional<std::string> query_param(std::string_view query, std::string_view 
 
 // base64(SHA-1(key + RFC 6455 GUID)), 28 characters.
 std::string websocket_accept(std::string_view key);
+
+// The client address a trusted reverse proxy reports: X-Real-IP, else the
+// last (rightmost, added by the nearest proxy) entry of X-Forwarded-For.
+// Empty if neither is present.
+std::string_view forwarded_client_ip(const RequestHead& head);
 
 // The complete 101 response for a validated upgrade.
 std::string switching_protocols_response(std::string_view websocket_key);

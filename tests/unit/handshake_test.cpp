@@ -316,5 +316,18 @@ TEST(Handshake, HttpResponse) {
   }
 }
 
+TEST(Handshake, ForwardedClientIpPrefersXRealIpThenTheLastForwardedFor) {
+  auto ip_of = [](const std::string& extra) {
+    std::string req = kRequest.substr(0, kRequest.size() - 2) + extra + "\r\n";
+    RequestHead h;
+    EXPECT_EQ(parse(req, h), HeadStatus::complete);
+    return std::string(forwarded_client_ip(h));
+  };
+  EXPECT_EQ(ip_of(""), "");
+  EXPECT_EQ(ip_of("X-Forwarded-For: 10.0.0.1, 127.0.5.9 \r\n"), "127.0.5.9");
+  EXPECT_EQ(ip_of("X-Forwarded-For: 1.1.1.1\r\nX-Forwarded-For: 2.2.2.2\r\n"), "2.2.2.2");
+  EXPECT_EQ(ip_of("X-Forwarded-For: 1.1.1.1\r\nX-Real-IP: 127.0.7.1\r\n"), "127.0.7.1");
+}
+
 }  // namespace
 }  // namespace wsgate
