@@ -123,7 +123,8 @@ INSTANTIATE_TEST_SUITE_P(
                       BadInput{R"({"type":"send_message","target_user":"","content":1})",
                                "Field target_user must not be empty"},
                       BadInput{R"({"type":"send_message","target_user":"bob"})", "Missing field: content"},
-                      BadInput{R"({"type":"broadcast"})", "Missing field: content"}));
+                      BadInput{R"({"type":"broadcast"})", "Missing field: content"}),
+    [](const auto& info) { return "case" + std::to_string(info.index); });
 
 TEST(Gateway, MessageToAbsentUserIsDroppedAndCounted) {
   Gateway gw(small_config());
