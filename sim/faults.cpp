@@ -91,7 +91,8 @@ void Simulation::stall(uint32_t n) {
   ++result_.stats.stalls;
   node.stalled = true;
   mark_unhealthy(n);
-  sched_.after(chaos_rng_.between(200, 3000), EventKind::node_unstall, n, node.life);
+  // Sometimes longer than the bus's TTL: the others then think it dead.
+  sched_.after(chaos_rng_.between(200, 8000), EventKind::node_unstall, n, node.life);
 }
 
 void Simulation::unstall(uint32_t n, uint32_t life) {

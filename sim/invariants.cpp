@@ -11,17 +11,19 @@ namespace wsgate::sim {
 
 void Simulation::violate(Invariant inv, std::string detail) {
   auto& status = result_.status[size_t(inv)];
-  if (status == 1) return;  // the first of each is the one worth reading
-  status = 1;
+  if (status == 1 || status == 3) return;  // the first of each is the one worth reading
+  const bool ignored = (o_.ignored_invariants >> unsigned(inv)) & 1u;
+  status = ignored ? 3 : 1;
   Violation v{inv, sched_.now_ms(), std::move(detail), trace_.recent("    ")};
   if (!o_.quiet) {
-    std::printf("\nVIOLATION %s seed=%llu t=%llu.%03llus\n  %s\n  last events:\n%s  reproduce: %s\n\n",
-                invariant_name(inv), (unsigned long long)o_.seed, (unsigned long long)(v.time_ms / 1000),
+    std::printf("\nVIOLATION %s%s seed=%llu t=%llu.%03llus\n  %s\n  last events:\n%s  reproduce: %s\n\n",
+                invariant_name(inv), ignored ? " (ignored: --ignore)" : "", (unsigned long long)o_.seed,
+                (unsigned long long)(v.time_ms / 1000),
                 (unsigned long long)(v.time_ms % 1000), v.detail.c_str(), v.recent.c_str(),
                 reproduce_command(o_).c_str());
     std::fflush(stdout);
   }
-  result_.violations.push_back(std::move(v));
+  (ignored ? result_.ignored : result_.violations).push_back(std::move(v));
 }
 
 // (1) At most once per connection, and per sender connection in send order.
@@ -217,10 +219,11 @@ void Simulation::check_presence() {
 // (4) Once settled, the most loaded node holds at most (1 + tolerance) x
 // the mean, +1 for rounding. Not under ip_hash, which pins each address to
 // a node: a move there reconnects to the same node.
-void Simulation::check_balance(bool final_check) {
-  if (o_.lb == LbPolicy::ip_hash) return;
-  uint64_t total = 0, most = 0;
+// Serving nodes (up, not draining) within (1 + tolerance) x mean, +1.
+bool Simulation::cluster_balanced(uint64_t& most, double& mean) const {
+  uint64_t total = 0;
   uint32_t k = 0;
+  most = 0;
   for (const Node& node : nodes_) {
     if (!node.up || node.draining) continue;
     const uint64_t c = node.gw->connection_count();
@@ -228,10 +231,18 @@ void Simulation::check_balance(bool final_check) {
     most = std::max(most, c);
     ++k;
   }
-  if (k < 2 || total == 0) return;
-  const double mean = double(total) / k;
+  mean = k ? double(total) / k : 0;
+  if (k < 2 || total == 0) return true;
+  return double(most) <= mean * (1.0 + limits_.rebalance_tolerance_pct / 100.0) + 1.0;
+}
+
+void Simulation::check_balance(bool final_check) {
+  if (o_.lb == LbPolicy::ip_hash) return;
+  uint64_t most = 0;
+  double mean = 0;
+  const bool ok = cluster_balanced(most, mean);
+  if (mean == 0) return;
   const double ceiling = mean * (1.0 + limits_.rebalance_tolerance_pct / 100.0) + 1.0;
-  const bool ok = double(most) <= ceiling;
   if (ok && result_.stats.load_balanced_ms < 0) result_.stats.load_balanced_ms = int64_t(sched_.now_ms() - settle_start_ms_);
   if (!ok) result_.stats.load_balanced_ms = -1;  // must hold at the end, not just once
   if (!final_check) return;
@@ -243,6 +254,46 @@ void Simulation::check_balance(bool final_check) {
     violate(Invariant::load_balanced, "after settling, most loaded node holds " + std::to_string(most) + " > ceiling " +
                                           std::to_string(ceiling) + " (mean " + std::to_string(mean) + "):" + loads);
   }
+}
+
+// (4') A node asks a client to move (4002) only if it really is above the
+// band. Judged with the true loads of every serving node at that moment
+// (the god's view the nodes approximate with their load reports).
+void Simulation::check_rebalance_move(uint32_t n) {
+  uint64_t total = 0;
+  uint32_t k = 0;
+  for (const Node& node : nodes_)
+    if (node.up && !node.draining) {
+      total += node.gw->connection_count();
+      ++k;
+    }
+  if (k < 2) return;
+  const double mean = double(total) / k;
+  // The core's own rule, above (1 + tolerance) x mean, with one connection
+  // of slack: reports are up to an interval old, so +-1 is noise.
+  const double ceiling = mean * (1.0 + limits_.rebalance_tolerance_pct / 100.0);
+  const uint64_t mine = nodes_[n].gw->connection_count();
+  if (double(mine) + 1.0 > ceiling) return;
+  ++result_.stats.needless_moves;
+  // A node cannot know of a crash before its peers' reports age out (three
+  // report intervals): a move on that stale picture is counted, not failed.
+  if (last_crash_ms_ && sched_.now_ms() < last_crash_ms_ + 3ull * limits_.load_report_interval_ms) {
+    ++result_.stats.needless_moves_after_crash;
+    return;
+  }
+  std::string loads;
+  for (const Node& node : nodes_)
+    if (node.up) loads += " " + node.id + "=" + std::to_string(node.gw->connection_count());
+  violate(Invariant::rebalance_only_when_needed,
+          "node n" + std::to_string(n) + " moved a client (4002) holding " + std::to_string(mine) +
+              " connections, inside the band (ceiling " + std::to_string(ceiling) + ", true mean " + std::to_string(mean) +
+              "); true loads:" + loads + "; its peers' reported loads:" + [&] {
+                std::string seen;
+                std::map<std::string, uint64_t> sorted;  // peer_loads is unordered: print in order
+                for (const auto& [id, load] : nodes_[n].gw->peer_loads()) sorted[id] = load.connections;
+                for (const auto& [id, c] : sorted) seen += " " + id + "=" + std::to_string(c);
+                return seen;
+              }());
 }
 
 // (6) Every client left: no connection, user or presence entry remains.

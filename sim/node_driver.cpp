@@ -50,6 +50,7 @@ void Simulation::crash_node(uint32_t n) {
   ++result_.stats.crashes;
   harvest_metrics(node);
   node.crashed_at_ms = now;
+  last_crash_ms_ = now;
   node.crash_orphans = 0;
   std::vector<uint32_t> orphans;
   for (Conn& cn : node.conns)
@@ -245,6 +246,7 @@ void Simulation::carry_out_close(uint32_t n, const CloseRequest& req) {
   const uint16_t code = uint16_t(req.code);
   const size_t slot = code == 1000 ? 0 : code == 1001 ? 1 : code == 1008 ? 2 : code == 4002 ? 3 : code == 4001 ? 4 : 5;
   ++result_.stats.server_closes_by_code[slot];
+  if (req.code == CloseCode::reconnect) check_rebalance_move(n);
   if (cn.close_pending) return;  // the client already closed; the ack is on its way
   cn.close_pending = true;
   if (cn.client != none && !cn.zombie) {

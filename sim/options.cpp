@@ -1,5 +1,7 @@
 #include "options.hpp"
 
+#include "simulation.hpp"  // invariant names
+
 #include <stdexcept>
 
 namespace wsgate::sim {
@@ -84,6 +86,7 @@ std::string reproduce_command(const SimOptions& o) {
   if (o.broadcasts_per_s != SimOptions{}.broadcasts_per_s)
     cmd += " --broadcasts-per-s " + std::to_string(o.broadcasts_per_s);
   if (o.plant != PlantedBug::none) cmd += std::string(" --plant-bug ") + planted_bug_name(o.plant);
+  if (o.ignored_invariants) cmd += " --ignore " + format_invariants(o.ignored_invariants);
   return cmd;
 }
 

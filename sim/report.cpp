@@ -58,14 +58,17 @@ void Simulation::print_summary(const SimOptions& o, const SimResult& r, FILE* ou
   row("upgrades rejected (503/429)", s.rejected);
   row("connects to a dead node", s.connect_failed);
   row("peak connections", s.peak_connections);
-  row("crashes / restarts", s.crashes, ("restarts " + std::to_string(s.restarts)).c_str());
+  row("crashes / restarts", s.crashes, ("restarts (after a crash or a drain) " + std::to_string(s.restarts)).c_str());
   row("failovers (clients of crashed nodes)", s.failover_clients,
       ("slowest node failover " + std::to_string(s.failover_ms_max) + " ms").c_str());
   row("partitions / stalls / drains", s.partitions,
       ("stalls " + std::to_string(s.stalls) + ", drains " + std::to_string(s.drains)).c_str());
   row("nodes joined", s.joins);
   row("vanished clients / storms", s.vanishes, ("storms " + std::to_string(s.storms)).c_str());
-  row("rebalancing moves (4002)", s.rebalance_moves);
+  row("rebalancing moves (4002)", s.rebalance_moves,
+      ("needless (node inside the band): " + std::to_string(s.needless_moves) + ", of which " +
+       std::to_string(s.needless_moves_after_crash) + " on a view stale after a crash")
+          .c_str());
   row("drain closes (1001)", s.drain_closes);
   row("slow consumer closes (1008)", s.slow_consumer_closes);
   row("idle timeouts", s.heartbeat_timeouts);
@@ -77,11 +80,20 @@ void Simulation::print_summary(const SimOptions& o, const SimResult& r, FILE* ou
   std::fprintf(out, " convergence (after the last fault)\n");
   std::fprintf(out, "  %-34s %12s\n", "presence converged",
                s.presence_converged_ms < 0 ? "never" : (std::to_string(s.presence_converged_ms) + " ms").c_str());
-  std::fprintf(out, "  %-34s %12s  max/mean %.2f\n", "load within tolerance",
-               s.load_balanced_ms < 0 ? "no" : (std::to_string(s.load_balanced_ms) + " ms").c_str(), s.max_load_ratio);
+  if (o.lb == LbPolicy::ip_hash)
+    std::fprintf(out, "  %-34s %12s\n", "load within tolerance", "n/a");
+  else
+    std::fprintf(out, "  %-34s %12s  max/mean %.2f\n", "load within tolerance",
+                 s.load_balanced_ms < 0 ? "no" : (std::to_string(s.load_balanced_ms) + " ms").c_str(), s.max_load_ratio);
+  if (s.join_balanced_ms >= 0 || s.joins > 0)
+    std::fprintf(out, "  %-34s %12s\n", "nodes joined -> load within band",
+                 s.join_balanced_ms < 0 ? "never" : (std::to_string(s.join_balanced_ms) + " ms").c_str());
   std::fprintf(out, " invariants\n");
   for (size_t i = 0; i < size_t(Invariant::count_); ++i) {
-    const char* status = r.status[i] == 0 ? "ok" : r.status[i] == 1 ? "VIOLATED" : "n/a (ip_hash pins clients)";
+    const char* status = r.status[i] == 0   ? "ok"
+                         : r.status[i] == 1 ? "VIOLATED"
+                         : r.status[i] == 2 ? "n/a (ip_hash pins clients)"
+                                            : "VIOLATED (ignored: --ignore)";
     std::fprintf(out, "  %-34s %s\n", invariant_name(Invariant(i)), status);
   }
   std::fprintf(out, " run\n");

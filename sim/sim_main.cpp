@@ -38,6 +38,8 @@ void usage(FILE* out) {
                "  --bus KIND            shm | local (default shm: Boost.Interprocess ring bus)\n"
                "  --action-interval D   mean time between a client's actions (default 10s)\n"
                "  --broadcasts-per-s N  cluster-wide broadcast rate (default 2)\n"
+               "  --ignore LIST         invariants to check and report without failing (a known bug\n"
+               "                        awaiting its fix), e.g. rebalance_only_when_needed\n"
                "  --trace               print every trace record\n"
                "  --quiet               no progress lines\n");
 }
@@ -68,6 +70,7 @@ void apply(SimOptions& o, const std::string& flag, const std::string& v) {
   } else if (flag == "--action-interval") o.action_interval_ms = uint32_t(parse_duration_ms(v));
   else if (flag == "--broadcasts-per-s") o.broadcasts_per_s = uint32_t(std::stoul(v));
   else if (flag == "--plant-bug") o.plant = parse_plant(v);
+  else if (flag == "--ignore") o.ignored_invariants = parse_invariants(v);
   else if (flag == "--scenario" || flag == "--seeds") {
   } else throw std::invalid_argument("unknown option '" + flag + "'");
 }

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <stdexcept>
 
 namespace wsgate::sim {
 
@@ -20,10 +21,36 @@ std::atomic<uint64_t> run_counter{0};
 const char* invariant_name(Invariant i) {
   static constexpr const char* names[] = {
       "direct_at_most_once", "direct_in_send_order", "direct_delivered_when_healthy", "broadcast_exactly_once",
-      "presence_converges",  "load_balanced",        "memory_bounded",                "tables_empty_after_leave",
+      "presence_converges",  "load_balanced",        "rebalance_only_when_needed",    "memory_bounded",
+      "tables_empty_after_leave",
   };
   static_assert(sizeof(names) / sizeof(names[0]) == size_t(Invariant::count_));
   return names[size_t(i)];
+}
+
+uint32_t parse_invariants(const std::string& list) {
+  uint32_t bits = 0;
+  size_t start = 0;
+  while (start < list.size()) {
+    const size_t comma = std::min(list.find(',', start), list.size());
+    const std::string name = list.substr(start, comma - start);
+    bool found = false;
+    for (size_t i = 0; i < size_t(Invariant::count_); ++i)
+      if (name == invariant_name(Invariant(i))) {
+        bits |= 1u << i;
+        found = true;
+      }
+    if (!found) throw std::invalid_argument("unknown invariant '" + name + "'");
+    start = comma + 1;
+  }
+  return bits;
+}
+
+std::string format_invariants(uint32_t bits) {
+  std::string out;
+  for (size_t i = 0; i < size_t(Invariant::count_); ++i)
+    if ((bits >> i) & 1u) out += (out.empty() ? "" : ",") + std::string(invariant_name(Invariant(i)));
+  return out;
 }
 
 Simulation::Simulation(SimOptions options)
@@ -104,7 +131,13 @@ void Simulation::setup() {
   schedule_scenario();
 
   settle_start_ms_ = o_.duration_ms;
-  leave_start_ms_ = settle_start_ms_ + bus_->presence_ttl_ms() + 10000;
+  // Settling lasts long enough for presence to age out and for the
+  // rebalancer, at its configured rate, to fill a node that restarted empty
+  // as settling began (its share, moved by every other node).
+  const uint64_t share = o_.clients / std::max<uint32_t>(1, o_.nodes);
+  const uint64_t movers = std::max<uint32_t>(1, o_.nodes - 1) * uint64_t(limits_.rebalance_max_moves_per_s);
+  const uint64_t fill_ms = 1500 * share / movers + 5000;
+  leave_start_ms_ = settle_start_ms_ + std::max(bus_->presence_ttl_ms() + 10000, fill_ms);
   end_ms_ = leave_start_ms_ + limits_.idle_timeout_ms + limits_.heartbeat_interval_ms + limits_.close_timeout_ms +
             bus_->presence_ttl_ms() + 3000;
   sched_.at(settle_start_ms_, EventKind::phase, uint32_t(Phase::settle));
@@ -209,8 +242,14 @@ void Simulation::begin_phase(Phase p) {
 void Simulation::check_periodic() {
   const uint64_t now = sched_.now_ms();
   if (now % 1000 == 0) check_memory();
+  if (join_ms_ && result_.stats.join_balanced_ms < 0 && phase_ != Phase::leave) {
+    uint64_t most = 0;
+    double mean = 0;
+    if (cluster_balanced(most, mean)) result_.stats.join_balanced_ms = int64_t(now - join_ms_);
+  }
   if (phase_ == Phase::settle) {
-    check_presence();
+    // Every 250 ms until presence converges, then every second: it must stay so.
+    if (result_.stats.presence_converged_ms < 0 || now % 1000 == 0) check_presence();
     check_balance(false);
   }
   // A broadcast's per-client record is kept a while after its window, to
