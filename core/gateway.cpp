@@ -96,6 +96,8 @@ Gateway::Gateway(GatewayConfig config, Transport* transport)
   WSGATE_ASSERT(config_.node_id.find('\n') == std::string::npos);
   origin_ = config_.node_id + "/" + hex(config_.incarnation);
   if (transport_) {
+    // A transport reports changes only: start from where it is now.
+    metrics_.transport_connected = transport_->state() == TransportState::connected;
     transport_->set_sink(this);
     transport_->subscribe(broadcast_topic);
     transport_->subscribe(load_topic);
