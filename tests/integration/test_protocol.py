@@ -463,14 +463,15 @@ def test_message_counters_by_type(server):
 
 # --- plain HTTP ---------------------------------------------------------------------
 def test_health(start_server):
-    """GET /health -> {"status":"ok","node_id":...,"connections":N}; N follows
-    the open WebSocket connections."""
+    """GET /health -> {"status":"ok","node_id":...,"connections":N,"transport":...,
+    "transport_connected":...}; N follows the open WebSocket connections."""
     s = start_server("--node-id", "test-node-7")
     st, headers, body = s.http_get("/health")
     assert st == 200, body
     assert "json" in headers.get("content-type", ""), headers
     h = json.loads(body)
-    assert h == {"status": "ok", "node_id": "test-node-7", "connections": 0}, h
+    assert h == {"status": "ok", "node_id": "test-node-7", "connections": 0,
+                 "transport": "local", "transport_connected": True}, h
 
     async def go():
         conns = [await connect(s, uid()) for _ in range(3)]
