@@ -118,6 +118,7 @@ class EventLoop final : private RedisIo {
   void on_redis_completion(Op op, RedisLink link, const io_uring_cqe& cqe);
   void flush_redis();
   void fail_redis_link(RedisLink link);
+  void arm_redis_recv(RedisLink link);
   struct RedisLinkState {
     int fd = -1;
     uint32_t generation = 0;  // bumped per connection: stale completions are dropped

@@ -108,6 +108,17 @@ void EventLoop::fail_redis_link(RedisLink link) {
   io_uring_sqe_set_data64(sqe, pack_user_data(Op::redis_close, uint32_t(link), l.generation));
 }
 
+void EventLoop::arm_redis_recv(RedisLink link) {
+  RedisLinkState& l = redis_links_[size_t(link)];
+  if (l.recv_armed || l.closing || l.fd < 0) return;
+  io_uring_sqe* sqe = get_sqe();
+  io_uring_prep_recv_multishot(sqe, l.fd, nullptr, 0, 0);
+  sqe->flags |= IOSQE_BUFFER_SELECT;
+  sqe->buf_group = buffers_->group();
+  io_uring_sqe_set_data64(sqe, pack_user_data(Op::redis_recv, uint32_t(link), l.generation));
+  l.recv_armed = true;
+}
+
 void EventLoop::on_redis_completion(Op op, RedisLink link, const io_uring_cqe& cqe) {
   RedisLinkState& l = redis_links_[size_t(link)];
   const uint32_t generation = unpack_user_data(cqe.user_data).generation;
@@ -126,42 +137,21 @@ void EventLoop::on_redis_completion(Op op, RedisLink link, const io_uring_cqe& c
       set_no_delay(l.fd);
       l.connected = true;
       redis_->on_connected(link, now_ms_);
-      if (!l.recv_armed && !l.closing) {
-        io_uring_sqe* sqe = get_sqe();
-        io_uring_prep_recv_multishot(sqe, l.fd, nullptr, 0, 0);
-        sqe->flags |= IOSQE_BUFFER_SELECT;
-        sqe->buf_group = buffers_->group();
-        io_uring_sqe_set_data64(sqe, pack_user_data(Op::redis_recv, uint32_t(link), l.generation));
-        l.recv_armed = true;
-      }
+      arm_redis_recv(link);
       return;
     case Op::redis_recv:
       if (!(cqe.flags & IORING_CQE_F_MORE)) l.recv_armed = false;
       if (cqe.res > 0) {
         if (!l.closing) redis_->on_data(link, reinterpret_cast<const char*>(buffers_->buffer(buffer_id)), size_t(cqe.res), now_ms_);
         buffers_->give_back(buffer_id);
-        if (!l.recv_armed && !l.closing && l.fd >= 0) {
-          io_uring_sqe* sqe = get_sqe();
-          io_uring_prep_recv_multishot(sqe, l.fd, nullptr, 0, 0);
-          sqe->flags |= IOSQE_BUFFER_SELECT;
-          sqe->buf_group = buffers_->group();
-          io_uring_sqe_set_data64(sqe, pack_user_data(Op::redis_recv, uint32_t(link), l.generation));
-          l.recv_armed = true;
-        }
+        arm_redis_recv(link);
         return;
       }
       if (has_buffer) buffers_->give_back(buffer_id);
       if (cqe.res == -ENOBUFS) {
         ++recv_buffers_exhausted_total_;
         l.recv_armed = false;
-        if (!l.closing) {  // re-armed at once: Redis replies are small and few buffers free up fast
-          io_uring_sqe* sqe = get_sqe();
-          io_uring_prep_recv_multishot(sqe, l.fd, nullptr, 0, 0);
-          sqe->flags |= IOSQE_BUFFER_SELECT;
-          sqe->buf_group = buffers_->group();
-          io_uring_sqe_set_data64(sqe, pack_user_data(Op::redis_recv, uint32_t(link), l.generation));
-          l.recv_armed = true;
-        }
+        arm_redis_recv(link);  // at once: Redis replies are few, buffers free up fast
         return;
       }
       if (cqe.res == 0 || cqe.res != -ECANCELED) {
