@@ -324,8 +324,9 @@ void Gateway::drain_some(uint64_t) {
 // Every node hears every report, its own included, so each computes the
 // same mean; only the nodes above the band act, each on its own excess.
 void Gateway::report_load(uint64_t now_ms) {
-  peer_loads_[config_.node_id] = PeerLoad{open_count_, now_ms};
-  publish_raw(load_topic, std::to_string(open_count_));
+  PeerLoad& self = peer_loads_[config_.node_id];
+  self = PeerLoad{open_count_, now_ms, self.reported_ms ? self.connections : UINT64_MAX, draining_, origin_};
+  publish_raw(load_topic, std::to_string(open_count_) + (draining_ ? " draining" : ""));
   const uint64_t forget_ms = 10ull * config_.limits.load_report_interval_ms;
   std::erase_if(peer_loads_, [&](const auto& kv) { return now_ms - kv.second.reported_ms > forget_ms; });
 }
@@ -336,12 +337,25 @@ void Gateway::rebalance(uint64_t now_ms) {
   const uint64_t live_ms = 3ull * l.load_report_interval_ms;
   uint64_t total = 0, nodes = 0;
   for (const auto& [node, load] : peer_loads_)
-    if (now_ms - load.reported_ms <= live_ms) {
+    if (now_ms - load.reported_ms <= live_ms && !load.draining) {
       total += load.connections;
       ++nodes;
     }
   if (nodes < 2) return;
   const double mean = double(total) / double(nodes);
+  // Our own count is current; a peer's report is up to one interval old.
+  // While loads move (a ramp-up, a storm, a failed node's clients
+  // arriving) the stale reports put the mean too low and every node would
+  // shed clients it should keep. Act only on a settled picture: every live
+  // node has a previous report (none just started or restarted) and moved
+  // by at most half the band since.
+  const double steady = std::max(1.0, mean * l.rebalance_tolerance_pct / 200.0);
+  for (const auto& [node, load] : peer_loads_) {
+    if (now_ms - load.reported_ms > live_ms || load.draining) continue;
+    if (load.previous == UINT64_MAX) return;
+    const double delta = double(load.connections) - double(load.previous);
+    if (delta > steady || -delta > steady) return;
+  }
   const double ceiling = mean * (1.0 + l.rebalance_tolerance_pct / 100.0);
   if (double(open_count_) <= ceiling) return;
   // Aim for the middle of the band, not its edge, so the next report does
@@ -487,8 +501,11 @@ void Gateway::on_transport_message(std::string_view topic, std::string_view payl
   ++metrics_.transport_received_total;
   if (topic == load_topic) {
     uint64_t n = 0;
-    for (char c : e.body) n = c >= '0' && c <= '9' ? n * 10 + uint64_t(c - '0') : n;
-    peer_loads_[std::string(node_of(e.origin))] = PeerLoad{n, now_ms_};
+    for (char c : e.body.substr(0, e.body.find(' '))) n = c >= '0' && c <= '9' ? n * 10 + uint64_t(c - '0') : n;
+    PeerLoad& p = peer_loads_[std::string(node_of(e.origin))];
+    const bool same = p.origin == e.origin;
+    p = PeerLoad{n, now_ms_, same ? p.connections : UINT64_MAX, e.body.find(" draining") != std::string_view::npos,
+                 std::string(e.origin)};
     return;
   }
   const FrameRef f = FrameRef::encode(Opcode::text, e.body);

@@ -111,7 +111,26 @@ void Simulation::on_arrive(uint32_t c, uint32_t epoch, uint32_t n, uint32_t life
   }
   const uint64_t now = sched_.now_ms();
   const char ip[4] = {char(cl.addr >> 24), char(cl.addr >> 16), char(cl.addr >> 8), char(cl.addr)};
+  if (now - cl.ip_window_start_ms >= limits_.ip_window_ms) {
+    cl.ip_attempts_before = now - cl.ip_window_start_ms < 2ull * limits_.ip_window_ms ? cl.ip_attempts : 0;
+    cl.ip_window_start_ms = now;
+    cl.ip_attempts = 0;
+  }
+  ++cl.ip_attempts;
   const Admission adm = node.gw->handle_upgrade_request(std::string_view(ip, 4), now);
+  // The node's per-IP windows need not line up with ours: a refusal is
+  // unfair beyond doubt if the address stayed under the limit over the
+  // last two of our windows together.
+  if (adm == Admission::rate_limited && cl.ip_attempts + cl.ip_attempts_before <= limits_.max_connections_per_ip)
+    violate(Invariant::admission_fair,
+            "node n" + std::to_string(n) + " refused client " + std::to_string(c) + " (429 rate_limited) after only " +
+                std::to_string(cl.ip_attempts + cl.ip_attempts_before) + " upgrade attempts from its address in " +
+                std::to_string(2 * limits_.ip_window_ms / 1000) + " s (limit " +
+                std::to_string(limits_.max_connections_per_ip) + " per " + std::to_string(limits_.ip_window_ms / 1000) +
+                " s); the node holds " + std::to_string(node.gw->connection_count()) + " connections");
+  if (adm == Admission::too_many_connections && node.gw->connection_count() < limits_.max_connections)
+    violate(Invariant::admission_fair, "node n" + std::to_string(n) + " refused client " + std::to_string(c) +
+                                           " (503) below max_connections");
   if (adm != Admission::ok) {
     trace_.record(now, TraceKind::rejected, c, n, uint64_t(adm));
     ++result_.stats.rejected;

@@ -21,7 +21,7 @@ std::atomic<uint64_t> run_counter{0};
 const char* invariant_name(Invariant i) {
   static constexpr const char* names[] = {
       "direct_at_most_once", "direct_in_send_order", "direct_delivered_when_healthy", "broadcast_exactly_once",
-      "presence_converges",  "load_balanced",        "rebalance_only_when_needed",    "memory_bounded",
+      "presence_converges",  "load_balanced",        "rebalance_only_when_needed",    "admission_fair", "memory_bounded",
       "tables_empty_after_leave",
   };
   static_assert(sizeof(names) / sizeof(names[0]) == size_t(Invariant::count_));
@@ -136,7 +136,7 @@ void Simulation::setup() {
   // as settling began (its share, moved by every other node).
   const uint64_t share = o_.clients / std::max<uint32_t>(1, o_.nodes);
   const uint64_t movers = std::max<uint32_t>(1, o_.nodes - 1) * uint64_t(limits_.rebalance_max_moves_per_s);
-  const uint64_t fill_ms = 1500 * share / movers + 5000;
+  const uint64_t fill_ms = o_.nodes < 2 ? 0 : 1500 * share / movers + 5000;
   leave_start_ms_ = settle_start_ms_ + std::max(bus_->presence_ttl_ms() + 10000, fill_ms);
   end_ms_ = leave_start_ms_ + limits_.idle_timeout_ms + limits_.heartbeat_interval_ms + limits_.close_timeout_ms +
             bus_->presence_ttl_ms() + 3000;

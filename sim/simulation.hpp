@@ -43,7 +43,8 @@ enum class Invariant : uint8_t {
   broadcast_exactly_once,       // (2) every client connected for the window, once
   presence_converges,           // (3)
   load_balanced,                // (4)
-  rebalance_only_when_needed,   // (4') no 4002 move while the cluster is within tolerance
+  rebalance_only_when_needed,   // (4') no 4002 move from a node already at the core's target
+  admission_fair,               // no 429 for a client under its per-IP limit
   memory_bounded,               // (5)
   tables_empty_after_leave,     // (6)
   count_
@@ -162,6 +163,10 @@ class Simulation {
     uint32_t seq = 0;         // messages this client sent (all connections)
     uint32_t failover_from = none;  // node whose crash it is recovering from
     std::string partial;      // bytes of an incomplete frame (slow readers)
+    // Upgrade attempts from this client's address in the current and the
+    // previous ip_window_ms (each client has its own address).
+    uint64_t ip_window_start_ms = 0;
+    uint32_t ip_attempts = 0, ip_attempts_before = 0;
   };
 
   struct DirectRecord {

@@ -64,6 +64,9 @@ struct GatewayConfig {
 struct PeerLoad {
   uint64_t connections = 0;
   uint64_t reported_ms = 0;
+  uint64_t previous = UINT64_MAX;  // the report before (UINT64_MAX: none yet)
+  bool draining = false;
+  std::string origin;  // node_id/incarnation: a restart starts a new history
 };
 
 class Gateway : private TransportSink {

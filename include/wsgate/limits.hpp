@@ -12,8 +12,10 @@ struct Limits {
   uint32_t max_connections_per_ip = 100;
   uint32_t ip_window_ms = 60000;
   // Distinct client IPs tracked by the rate limiter. When full of live
-  // windows, new IPs are refused (429) rather than let through untracked.
-  uint32_t max_tracked_ips = 65536;
+  // windows, new IPs are refused (429) rather than let through untracked,
+  // so it should not be below max_connections (the simulator found 65536
+  // refusing legitimate clients of a full node).
+  uint32_t max_tracked_ips = 131072;
   // Largest text message accepted (after reassembly); above it: close 1009.
   uint32_t max_message_bytes = 64 * 1024;
   // Bytes queued to one connection and not yet written to its socket.
@@ -68,5 +70,6 @@ constexpr bool limits_are_consistent(const Limits& l) {
              uint64_t(l.max_user_id_bytes) * json_escape_expansion;
 }
 static_assert(limits_are_consistent(Limits{}));
+static_assert(Limits{}.max_tracked_ips >= Limits{}.max_connections);
 
 }  // namespace wsgate

@@ -37,5 +37,19 @@ TEST(Admission, TrackedIpTableIsBounded) {
   EXPECT_EQ(a.tracked_ips(), 1u);
 }
 
+TEST(Admission, ExpiryKeepsWindowsThatRestarted) {
+  Limits l;
+  l.max_connections_per_ip = 1;
+  l.ip_window_ms = 100;
+  AdmissionControl a(l);
+  EXPECT_EQ(a.admit("A", 0, 0), Admission::ok);
+  EXPECT_EQ(a.admit("A", 0, 150), Admission::ok);  // a new window from 150
+  a.expire(200);  // the first window's entry is stale, not A's window
+  EXPECT_EQ(a.tracked_ips(), 1u);
+  EXPECT_EQ(a.admit("A", 0, 200), Admission::rate_limited);
+  a.expire(250);
+  EXPECT_EQ(a.tracked_ips(), 0u);
+}
+
 }  // namespace
 }  // namespace wsgate

@@ -234,12 +234,30 @@ TEST_F(Cluster, OverloadedNodeMovesConnectionsAtABoundedRate) {
   std::vector<ConnId> ids;
   for (int i = 0; i < 40; ++i) ids.push_back(a.gateway.handle_open("u" + std::to_string(i), now));
   tick(0);     // both report: A 40, B 0; mean 20
-  tick(1000);  // A acts on the reports
+  tick(1000);  // a second report from each: the picture is settled...
+  EXPECT_TRUE(a.gateway.take_closes().empty());
+  tick(1000);  // ...once A has heard B's second one
   auto closes = a.gateway.take_closes();
   EXPECT_EQ(closes.size(), 5u);  // one interval's budget, not the whole excess
   for (auto& c : closes) EXPECT_EQ(c.code, CloseCode::reconnect);
   EXPECT_EQ(a.gateway.metrics().rebalance_closes_total, closes.size());
   EXPECT_TRUE(nodes[1]->gateway.take_closes().empty());
+}
+
+TEST_F(Cluster, NoMovesWhileLoadsAreStillChanging) {
+  Limits l;
+  l.rebalance_max_moves_per_s = 100;
+  Node& a = add("A", l);
+  add("B", l);
+  tick(0);
+  // A's clients arrive between reports: B's last report (0) is older than
+  // A's count, and B is filling up too; acting now would move clients that
+  // belong where they are.
+  for (int i = 0; i < 30; ++i) a.gateway.handle_open("u" + std::to_string(i), now);
+  for (int i = 0; i < 25; ++i) nodes[1]->gateway.handle_open("v" + std::to_string(i), now);
+  tick(1000);
+  EXPECT_TRUE(a.gateway.take_closes().empty());
+  EXPECT_EQ(a.gateway.metrics().rebalance_closes_total, 0u);
 }
 
 TEST_F(Cluster, BalancedClusterMovesNothing) {
