@@ -241,7 +241,7 @@ void Gateway::handle_text(ConnId id, std::string_view payload, uint64_t now_ms) 
       PublishStatus published = PublishStatus::no_subscribers;
       if (transport_) {
         topic_scratch_.assign(user_topic_prefix).append(r.message.target_user);
-        published = publish(id, topic_scratch_, f);
+        published = publish(id, topic_scratch_, f, true);
       }
       if (local == 0 && published == PublishStatus::no_subscribers) ++metrics_.messages_undeliverable_total;
       return;
@@ -250,7 +250,7 @@ void Gateway::handle_text(ConnId id, std::string_view payload, uint64_t now_ms) 
       ++metrics_.messages_in_total[size_t(MessageType::broadcast)];
       const FrameRef f = encode_delivery(broadcast_prefix, from, r.message.content);
       broadcast(f);
-      if (transport_) publish(id, broadcast_topic, f);
+      if (transport_) publish(id, broadcast_topic, f, false);
       return;
     }
   }
@@ -292,8 +292,12 @@ void Gateway::handle_tick(uint64_t now_ms) {
     next_heartbeat_ms_ = now_ms + config_.limits.heartbeat_interval_ms;
   }
   if (transport_ && now_ms >= next_load_report_ms_) {
-    report_load(now_ms);
-    rebalance(now_ms);
+    // Cut off from the others there is nobody to tell, and what we know of
+    // them is going stale: no report, no rebalancing.
+    if (transport_->state() == TransportState::connected) {
+      report_load(now_ms);
+      rebalance(now_ms);
+    }
     next_load_report_ms_ = now_ms + config_.limits.load_report_interval_ms;
   }
   if (draining_ && now_ms >= next_drain_ms_) {
@@ -465,23 +469,22 @@ size_t Gateway::broadcast(const FrameRef& f) {
   return n;
 }
 
-PublishStatus Gateway::publish_raw(std::string_view topic, std::string_view body, ConnId from) {
+PublishStatus Gateway::publish_raw(std::string_view topic, std::string_view body, ConnId from, bool direct) {
   envelope_scratch_.assign(origin_).append("\n").append(std::to_string(++publish_seq_)).append("\n").append(body);
   const PublishStatus st = transport_->publish(topic, envelope_scratch_);
   if (st == PublishStatus::accepted || st == PublishStatus::no_subscribers) {
     ++metrics_.transport_published_total;
     ++publishes_accepted_;
-    publish_senders_[publishes_accepted_ % publish_senders_max] = PublishSender{publishes_accepted_, from};
-  } else {
-    ++metrics_.transport_publish_failed_total;
+    publish_senders_[publishes_accepted_ % publish_senders_max] = PublishSender{publishes_accepted_, from, direct};
   }
   return st;
 }
 
-PublishStatus Gateway::publish(ConnId from, std::string_view topic, const FrameRef& f) {
-  const PublishStatus st = publish_raw(topic, f->payload(), from);
+PublishStatus Gateway::publish(ConnId from, std::string_view topic, const FrameRef& f, bool direct) {
+  const PublishStatus st = publish_raw(topic, f->payload(), from, direct);
   if (st == PublishStatus::accepted || st == PublishStatus::no_subscribers) return st;
   // Not silently lost: the sender learns that other nodes did not get it.
+  ++metrics_.transport_publish_failed_total;
   send_error(from, st == PublishStatus::backpressure ? "Not delivered to other nodes: transport busy, retry"
                                                      : "Not delivered to other nodes: transport unavailable");
   return st;
@@ -516,12 +519,21 @@ void Gateway::on_transport_message(std::string_view topic, std::string_view payl
   }
 }
 
-void Gateway::on_transport_publish_lost(uint64_t first, uint64_t count) {
+void Gateway::on_transport_publish_lost(uint64_t first, uint64_t count, PublishLoss why) {
   for (uint64_t n = first; n < first + count; ++n) {
     ++metrics_.transport_publish_lost_total;
     const PublishSender& p = publish_senders_[n % publish_senders_max];
-    if (p.number == n && p.from.valid()) send_error(p.from, "Not delivered to other nodes: transport connection lost");
+    if (p.number != n || !p.from.valid()) continue;
+    send_error(p.from, why == PublishLoss::connection_lost
+                           ? "Not delivered to other nodes: transport connection lost"
+                           : "Maybe not delivered to other nodes: the cluster is reconnecting, retry");
   }
+}
+
+// Redis's own count says no node (this one included) holds the target.
+void Gateway::on_transport_publish_unrouted(uint64_t number) {
+  const PublishSender& p = publish_senders_[number % publish_senders_max];
+  if (p.number == number && p.direct) ++metrics_.messages_undeliverable_total;
 }
 
 void Gateway::on_transport_state(TransportState state) {

@@ -327,7 +327,9 @@ void RedisTransport::handle_command_reply(void* raw, uint64_t now_ms) {
       if (r->type == REDIS_REPLY_ERROR ||
           (r->type == REDIS_REPLY_INTEGER && r->integer == 0 && now_ms - connected_at_ms_ < options_.resubscribe_grace_ms)) {
         ++stats_.publish_lost;
-        if (sink_) sink_->on_transport_publish_lost(p.publish_number, 1);
+        if (sink_) sink_->on_transport_publish_lost(p.publish_number, 1, PublishLoss::unconfirmed);
+      } else if (r->type == REDIS_REPLY_INTEGER && r->integer == 0 && sink_) {
+        sink_->on_transport_publish_unrouted(p.publish_number);
       }
       return;
   }
@@ -404,12 +406,12 @@ void RedisTransport::lose_pending_publishes() {
   for (const Pending& p : pending_) {
     if (p.what != Expect::publish) continue;
     ++stats_.publish_lost;
-    if (sink_) sink_->on_transport_publish_lost(p.publish_number, 1);
+    if (sink_) sink_->on_transport_publish_lost(p.publish_number, 1, PublishLoss::connection_lost);
   }
   pending_.clear();
   for (const Held& h : held_) {
     ++stats_.publish_lost;
-    if (sink_) sink_->on_transport_publish_lost(h.publish_number, 1);
+    if (sink_) sink_->on_transport_publish_lost(h.publish_number, 1, PublishLoss::connection_lost);
   }
   held_.clear();
   held_bytes_ = 0;

@@ -96,8 +96,8 @@ class FaultTransport final : public Transport, private TransportSink {
   void on_transport_state(TransportState) override {}  // read back through state()
   // Publish numbers are the inner transport's: every publish this decorator
   // answers accepted went through it, so the numbering is the same.
-  void on_transport_publish_lost(uint64_t first, uint64_t count) override {
-    if (sink_) sink_->on_transport_publish_lost(first, count);
+  void on_transport_publish_lost(uint64_t first, uint64_t count, PublishLoss why) override {
+    if (sink_) sink_->on_transport_publish_lost(first, count, why);
   }
   void hold(std::string_view topic, std::string_view payload, uint64_t not_before_ms);
   void deliver(std::string_view topic, std::string_view payload);

@@ -159,11 +159,12 @@ class Gateway : private TransportSink {
   size_t route_to_user(std::string_view user_id, const FrameRef& f);
   size_t broadcast(const FrameRef& f);
   // Hands f to the other nodes; false (and an error to `from`) if refused.
-  PublishStatus publish(ConnId from, std::string_view topic, const FrameRef& f);
-  PublishStatus publish_raw(std::string_view topic, std::string_view body, ConnId from = {});
+  PublishStatus publish(ConnId from, std::string_view topic, const FrameRef& f, bool direct);
+  PublishStatus publish_raw(std::string_view topic, std::string_view body, ConnId from = {}, bool direct = false);
   void on_transport_message(std::string_view topic, std::string_view payload) override;
   void on_transport_state(TransportState state) override;
-  void on_transport_publish_lost(uint64_t first, uint64_t count) override;
+  void on_transport_publish_lost(uint64_t first, uint64_t count, PublishLoss why) override;
+  void on_transport_publish_unrouted(uint64_t number) override;
   void update_presence(const UserMap::value_type& user);
   // Drops what this node already saw from that publisher incarnation.
   bool accept_sequence(std::string_view origin, uint64_t seq, uint64_t now_ms);
@@ -198,6 +199,7 @@ class Gateway : private TransportSink {
   struct PublishSender {
     uint64_t number = 0;
     ConnId from;
+    bool direct = false;  // a send_message (not a broadcast or a report)
   };
   std::vector<PublishSender> publish_senders_ = std::vector<PublishSender>(publish_senders_max);
   uint64_t publishes_accepted_ = 0;

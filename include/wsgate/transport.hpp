@@ -29,6 +29,12 @@ enum class PublishStatus : uint8_t {
 
 enum class TransportState : uint8_t { connected, disconnected };
 
+// Why an accepted publish is reported lost.
+enum class PublishLoss : uint8_t {
+  connection_lost,  // the backend connection dropped before confirming it
+  unconfirmed,      // it reached no node while nodes were resubscribing
+};
+
 // What a transport delivers, from Transport::poll() only (never from inside
 // publish/subscribe, so the caller's state is never re-entered).
 class TransportSink {
@@ -46,7 +52,13 @@ class TransportSink {
   // answered 0 receivers while nodes were still resubscribing). Numbers
   // are those of publish(): the n-th publish answered accepted or
   // no_subscribers is number n, counting from 1. Default: ignore.
-  virtual void on_transport_publish_lost(uint64_t first, uint64_t count) { (void)first, (void)count; }
+  virtual void on_transport_publish_lost(uint64_t first, uint64_t count, PublishLoss why) {
+    (void)first, (void)count, (void)why;
+  }
+  // An accepted publish that reached no node at all (Redis answered 0
+  // receivers, past the resubscription grace): nobody subscribes to the
+  // topic. Default: ignore.
+  virtual void on_transport_publish_unrouted(uint64_t number) { (void)number; }
 };
 
 class Transport {

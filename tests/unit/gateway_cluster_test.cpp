@@ -175,19 +175,23 @@ class LosingTransport final : public Transport {
   void subscribe(std::string_view t) override { inner_.subscribe(t); }
   void unsubscribe(std::string_view t) override { inner_.unsubscribe(t); }
   PublishStatus publish(std::string_view t, std::string_view p) override {
-    const PublishStatus st = inner_.publish(t, p);
+    PublishStatus st = inner_.publish(t, p);
     if (st == PublishStatus::accepted || st == PublishStatus::no_subscribers) ++accepted;
+    // Redis cannot tell at publish time; it answers later (unrouted).
+    if (st == PublishStatus::no_subscribers) st = PublishStatus::accepted;
     return st;
   }
   void set_presence(std::string_view u, uint32_t n) override { inner_.set_presence(u, n); }
   size_t poll(uint64_t now_ms) override {
-    if (lose_from) sink_->on_transport_publish_lost(lose_from, accepted - lose_from + 1);
-    lose_from = 0;
+    if (lose_from) sink_->on_transport_publish_lost(lose_from, accepted - lose_from + 1, PublishLoss::connection_lost);
+    if (unrouted) sink_->on_transport_publish_unrouted(unrouted);
+    lose_from = unrouted = 0;
     return inner_.poll(now_ms);
   }
   TransportState state() const override { return inner_.state(); }
   uint64_t accepted = 0;
   uint64_t lose_from = 0;
+  uint64_t unrouted = 0;
 
  private:
   Transport& inner_;
@@ -206,6 +210,22 @@ TEST_F(Cluster, PublishReportedLostLaterIsReportedToItsSender) {
   EXPECT_EQ(texts(a, alice), Texts{R"({"type":"error","message":"Not delivered to other nodes: transport connection lost"})"});
   EXPECT_TRUE(texts(a, other).empty());
   EXPECT_EQ(a.metrics().transport_publish_lost_total, 1u);
+}
+
+TEST_F(Cluster, ADirectMessageThatReachedNoNodeIsCountedUndeliverable) {
+  LocalTransport inner(bus, "A");
+  LosingTransport redis_like(inner);
+  Gateway a(GatewayConfig{"A", 1, {}}, &redis_like);
+  ConnId alice = a.handle_open("alice", now);
+  ConnId bob = a.handle_open("bob", now);  // subscribed: the publish is "accepted"
+  a.handle_text(alice, R"({"type":"broadcast","content":1})", now);
+  redis_like.unrouted = redis_like.accepted;  // a broadcast to nobody else: not a lost message
+  redis_like.poll(now);
+  EXPECT_EQ(a.metrics().messages_undeliverable_total, 0u);
+  a.handle_text(bob, R"({"type":"send_message","target_user":"carol","content":1})", now);
+  redis_like.unrouted = redis_like.accepted;  // as Redis answers PUBLISH with 0
+  redis_like.poll(now);
+  EXPECT_EQ(a.metrics().messages_undeliverable_total, 1u);
 }
 
 TEST_F(Cluster, ARestartedNodeIsANewPublisher) {

@@ -23,7 +23,7 @@ struct Recorder final : TransportSink {
   std::vector<uint64_t> lost;
   void on_transport_message(std::string_view t, std::string_view p) override { messages.emplace_back(t, p); }
   void on_transport_state(TransportState s) override { states.push_back(s); }
-  void on_transport_publish_lost(uint64_t first, uint64_t count) override {
+  void on_transport_publish_lost(uint64_t first, uint64_t count, PublishLoss) override {
     for (uint64_t i = 0; i < count; ++i) lost.push_back(first + i);
   }
 };
