@@ -24,10 +24,10 @@
 #   rss_idle_10k     single node: server VmRSS before/after 10000 idle connections (2 processes)
 #   rss_idle_py      the same with tools/rss_idle.py, for comparison (if it exists)
 #
-# The cluster data-path scenarios run with --rebalance-max-moves-per-s 0:
-# with the default rebalancing a node compares its live count with peers'
-# reports up to a second old and sheds connections (4002) while clients are
-# still connecting (see x_rebalance_idle), which would break the pairs.
+# The cluster data-path scenarios run with --rebalance-max-moves-per-s 0, so
+# that no pair is ever broken by a move. (Rebalancing used to shed clients
+# while they were still connecting; x_rebalance_idle checks that it no
+# longer does: it should count 0.)
 #
 # Besides each load generator's figures, every run records the CPU seconds
 # the server processes (and redis-server) used during it, so that
