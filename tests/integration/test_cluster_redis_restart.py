@@ -59,6 +59,11 @@ class Sender:
         self.stop = False
         self.other_frames = []
         self.outstanding = None  # an accepted message whose fate is not known yet
+        # The test holds the senders between two messages (gate cleared,
+        # busy false) to act at a moment when no message is on its way.
+        self.gate = asyncio.Event()
+        self.gate.set()
+        self.busy = False
 
     def delivered(self):
         """k -> times delivered, from the target's record."""
@@ -135,7 +140,10 @@ class Sender:
 
     async def run(self):
         while not self.stop:
+            await self.gate.wait()
+            self.busy = True
             await self.send_one()
+            self.busy = False
             await asyncio.sleep(PACE_S)
 
     def delivered_after(self, k0):
@@ -188,8 +196,15 @@ def test_redis_sigkill_and_restart_mid_traffic(cluster):  # noqa: F811
             # sender's next message is accepted by its node and left
             # without a reply. Then Redis dies: those messages were in
             # flight, and their senders must hear that they were lost.
+            # The senders are held between messages first, so that every
+            # message sent after the pause surely reaches Redis after it.
+            for s in senders:
+                s.gate.clear()
+            await watch("every sender between two messages", lambda: all(not s.busy for s in senders))
             k_pause = [s.k for s in senders]
             redis.cmd("CLIENT", "PAUSE", "60000", "WRITE")
+            for s in senders:
+                s.gate.set()
             await watch("a message of every sender in flight in the paused Redis",
                         lambda: all(s.outstanding is not None and s.outstanding > k0
                                     for s, k0 in zip(senders, k_pause)))
