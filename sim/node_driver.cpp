@@ -11,7 +11,6 @@ namespace {
 constexpr uint64_t poll_interval_ms = 100;   // an idle node still polls (heartbeat, presence)
 constexpr uint64_t slow_drain_interval_ms = 100;
 constexpr size_t slow_bytes_per_drain = 96;  // a slow reader: ~1 KB/s
-constexpr uint64_t zombie_socket_bytes = 64 * 1024;  // the kernel buffer of a vanished peer
 
 uint64_t pack_conn(ConnId id) { return uint64_t(id.index) << 32 | id.generation; }
 }  // namespace

@@ -14,7 +14,6 @@ namespace {
 constexpr uint64_t periodic_ms = 250;
 // After the last fault, presence must match the truth within the bus's
 // TTL (a crashed node's entries linger that long) plus this margin.
-constexpr uint64_t presence_margin_ms = 2000;
 std::atomic<uint64_t> run_counter{0};
 }  // namespace
 
