@@ -161,14 +161,25 @@ TEST(Gateway, UserIdThatIsNotUtf8IsRefusedWith4001) {
   EXPECT_TRUE(gw.take_closes().empty());
 }
 
-TEST(Gateway, SlowConsumerNeverDropsBytesASendIsStillWriting) {
-  GatewayConfig c = small_config();
-  c.limits.max_message_bytes = 4096;
-  c.limits.send_queue_max_bytes = 16 * 1024;
-  Gateway gw(c);
+// A sender and a receiver that never reads, with a 16 KiB send queue and
+// ~1 KB messages.
+class SlowConsumer : public ::testing::Test {
+ protected:
+  static GatewayConfig config() {
+    GatewayConfig c = small_config();
+    c.limits.max_message_bytes = 4096;
+    c.limits.send_queue_max_bytes = 16 * 1024;
+    return c;
+  }
+  GatewayConfig c = config();
+  Gateway gw{c};
   ConnId sender = gw.handle_open("s", 0);
   ConnId slow = gw.handle_open("slow", 0);
-  const std::string msg = R"({"type":"send_message","target_user":"slow","content":")" + std::string(1000, 'x') + "\"}";
+  const std::string msg =
+      R"({"type":"send_message","target_user":"slow","content":")" + std::string(1000, 'x') + "\"}";
+};
+
+TEST_F(SlowConsumer, NeverDropsBytesASendIsStillWriting) {
   for (int i = 0; i < 5; ++i) gw.handle_text(sender, msg, 1);
   ByteRange in_flight[64];
   const size_t ranges = gw.outbox(slow).gather(in_flight);  // handed to the kernel
@@ -245,14 +256,7 @@ TEST(Gateway, HeartbeatPingsLiveConnectionsAndClosesSilentOnes) {
   EXPECT_FALSE(gw.is_closing(chatty));
 }
 
-TEST(Gateway, SlowConsumerIsClosedWith1008AndItsQueueStaysBounded) {
-  GatewayConfig c = small_config();
-  c.limits.max_message_bytes = 4096;
-  c.limits.send_queue_max_bytes = 16 * 1024;
-  Gateway gw(c);
-  ConnId sender = gw.handle_open("s", 0);
-  ConnId slow = gw.handle_open("slow", 0);
-  const std::string msg = R"({"type":"send_message","target_user":"slow","content":")" + std::string(1000, 'x') + "\"}";
+TEST_F(SlowConsumer, IsClosedWith1008AndItsQueueStaysBounded) {
   size_t max_seen = 0;
   for (int i = 0; i < 100; ++i) {
     gw.handle_text(sender, msg, 1);
@@ -268,14 +272,7 @@ TEST(Gateway, SlowConsumerIsClosedWith1008AndItsQueueStaysBounded) {
   EXPECT_TRUE(gw.outbox(slow).empty());
 }
 
-TEST(Gateway, SlowConsumerKeepsAPartlyWrittenFrameWhole) {
-  GatewayConfig c = small_config();
-  c.limits.max_message_bytes = 4096;
-  c.limits.send_queue_max_bytes = 16 * 1024;
-  Gateway gw(c);
-  ConnId sender = gw.handle_open("s", 0);
-  ConnId slow = gw.handle_open("slow", 0);
-  const std::string msg = R"({"type":"send_message","target_user":"slow","content":")" + std::string(1000, 'x') + "\"}";
+TEST_F(SlowConsumer, KeepsAPartlyWrittenFrameWhole) {
   gw.handle_text(sender, msg, 1);
   const size_t first = gw.outbox(slow).queued_bytes();
   gw.handle_sent(slow, 10);  // the socket took 10 bytes of the first frame

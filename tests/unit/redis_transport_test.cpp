@@ -146,6 +146,36 @@ TEST(RedisTransport, PublishesUnconfirmedWhenTheConnectionDropsAreReportedLost) 
   EXPECT_EQ(a.sink.lost, (std::vector<uint64_t>{1, 2, 3}));
 }
 
+TEST(RedisTransport, UnwrittenCommandsAreBoundedByBackpressure) {
+  RedisServer redis;
+  PollRedisIo io;
+  RedisOptions o;
+  o.port = redis.port();
+  o.node_id = "A";
+  o.max_output_bytes = 4096;
+  RedisTransport t(o, io);
+  io.attach(&t);
+  Recorder sink;
+  t.set_sink(&sink);
+  const uint64_t end = monotonic_ms() + 5000;
+  while (t.state() != TransportState::connected && monotonic_ms() < end) io.pump(5);
+  ASSERT_EQ(t.state(), TransportState::connected);
+  // The loop does not run: nothing is written, the output grows to its limit.
+  const std::string payload(1000, 'x');
+  int accepted = 0;
+  PublishStatus st = PublishStatus::accepted;
+  for (int i = 0; i < 100 && st == PublishStatus::accepted; ++i)
+    if ((st = t.publish("user:x", payload)) == PublishStatus::accepted) ++accepted;
+  EXPECT_EQ(st, PublishStatus::backpressure);
+  EXPECT_LE(accepted, 6);
+  EXPECT_LE(t.output(RedisLink::command).size(), o.max_output_bytes + payload.size() + 64);
+  EXPECT_EQ(t.stats().publish_backpressure, 1u);
+  // Written out, it accepts again.
+  const uint64_t flush_end = monotonic_ms() + 5000;
+  while (!t.output(RedisLink::command).empty() && monotonic_ms() < flush_end) io.pump(5);
+  EXPECT_EQ(t.publish("user:x", payload), PublishStatus::accepted);
+}
+
 TEST(RedisTransport, PresenceOfANodeThatStopsRefreshingExpires) {
   RedisServer redis;
   auto a = std::make_unique<RedisNode>(redis.port(), "A", "", 300);
