@@ -37,7 +37,7 @@
 #include "user_data.hpp"
 #include "wsgate/gateway.hpp"
 #include "wsgate/handshake.hpp"
-#include "wsgate/local_transport.hpp"
+#include "local_transport.hpp"
 
 namespace wsgate::server {
 

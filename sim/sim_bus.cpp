@@ -4,7 +4,7 @@
 #include <stdexcept>
 
 #include "shm_bus.hpp"
-#include "wsgate/local_transport.hpp"
+#include "local_transport.hpp"
 
 namespace wsgate::sim {
 

@@ -32,6 +32,7 @@
 #include "wsgate/limits.hpp"
 #include "wsgate/metrics.hpp"
 #include "wsgate/outbox.hpp"
+#include "wsgate/string_hash.hpp"
 #include "wsgate/transport.hpp"
 
 namespace wsgate {
@@ -42,12 +43,6 @@ struct CloseRequest {
   ConnId id;
   CloseCode code;
   std::string_view reason;  // static text
-};
-
-// Lets users_ be searched with a string_view (no std::string per lookup).
-struct StringHash {
-  using is_transparent = void;
-  size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
 };
 
 struct GatewayConfig {

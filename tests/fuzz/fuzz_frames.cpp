@@ -106,7 +106,7 @@ class ServerStreamChecker {
 
 struct Conn {
   wsgate::ConnId id;
-  std::unique_ptr<wsgate::server::WsSession> session;
+  std::unique_ptr<wsgate::WsSession> session;
   ServerStreamChecker stream;
   bool reads = true;  // does the peer's socket take bytes
   bool gone = false;  // socket closed, slot freed
@@ -158,7 +158,7 @@ class Driver {
     FUZZ_CHECK(gw_.handle_upgrade_request(std::string_view("\x7f\0\0\x01", 4), 0) ==
                wsgate::Admission::ok);
     c.id = gw_.handle_open(user, 0);
-    c.session = std::make_unique<wsgate::server::WsSession>(gw_, c.id, limits_);
+    c.session = std::make_unique<wsgate::WsSession>(gw_, c.id, limits_);
     c.reads = reads;
   }
 

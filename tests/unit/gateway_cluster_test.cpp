@@ -6,7 +6,7 @@
 
 #include "test_support.hpp"
 #include "wsgate/gateway.hpp"
-#include "wsgate/local_transport.hpp"
+#include "local_transport.hpp"
 
 namespace wsgate {
 namespace {

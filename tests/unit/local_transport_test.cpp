@@ -7,7 +7,7 @@
 #include <string>
 #include <vector>
 
-#include "wsgate/local_transport.hpp"
+#include "local_transport.hpp"
 
 namespace wsgate::test {
 namespace {

@@ -20,7 +20,7 @@
 #include "../support/redis_server.hpp"
 #include "redis_transport.hpp"
 #include "shm_bus.hpp"
-#include "wsgate/local_transport.hpp"
+#include "local_transport.hpp"
 #include "wsgate/transport.hpp"
 
 namespace wsgate::test {

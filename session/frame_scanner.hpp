@@ -16,7 +16,7 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace wsgate::server {
+namespace wsgate {
 
 class FrameScanner {
  public:
@@ -49,4 +49,4 @@ class FrameScanner {
   bool too_big_ = false;
 };
 
-}  // namespace wsgate::server
+}  // namespace wsgate

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "wsgate/limits.hpp"
+#include "wsgate/string_hash.hpp"
 #include "wsgate/transport.hpp"
 
 namespace wsgate {
@@ -147,10 +148,6 @@ class ShmTransport final : public Transport {
   uint64_t queued_bytes() const;
 
  private:
-  struct StringHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-  };
   using StringSet = std::unordered_set<std::string, StringHash, std::equal_to<>>;
   using CountMap = std::unordered_map<std::string, uint32_t, StringHash, std::equal_to<>>;
   // Topics of this node with one hash, and whether the hash made it into

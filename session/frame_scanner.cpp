@@ -2,7 +2,7 @@
 
 #include <algorithm>
 
-namespace wsgate::server {
+namespace wsgate {
 namespace {
 
 // Header bytes implied by the first two: base, extended length, mask key.
@@ -84,4 +84,4 @@ size_t FrameScanner::scan(const uint8_t* data, size_t n) {
   return n;
 }
 
-}  // namespace wsgate::server
+}  // namespace wsgate

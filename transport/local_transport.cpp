@@ -1,4 +1,4 @@
-#include "wsgate/local_transport.hpp"
+#include "local_transport.hpp"
 
 #include <algorithm>
 #include <set>

@@ -4,7 +4,7 @@
 #include <cassert>
 #include <cstring>
 
-namespace wsgate::server {
+namespace wsgate {
 namespace {
 
 // wslay writes each control frame as a header and a payload; they are
@@ -207,4 +207,4 @@ void WsSession::handle_written(size_t n) {
   if (close_queued_) close_bytes_left_ -= std::min<uint64_t>(close_bytes_left_, n);
 }
 
-}  // namespace wsgate::server
+}  // namespace wsgate

@@ -17,6 +17,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "wsgate/string_hash.hpp"
 #include "wsgate/transport.hpp"
 
 namespace wsgate {
@@ -143,10 +144,6 @@ class LocalTransport final : public Transport {
 
  private:
   friend class LocalBus;
-  struct StringHash {
-    using is_transparent = void;
-    size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
-  };
   using StringSet = std::unordered_set<std::string, StringHash, std::equal_to<>>;
   using CountMap = std::unordered_map<std::string, uint32_t, StringHash, std::equal_to<>>;
 

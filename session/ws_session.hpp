@@ -22,7 +22,7 @@
 #include "wsgate/gateway.hpp"
 #include "wsgate/limits.hpp"
 
-namespace wsgate::server {
+namespace wsgate {
 
 class WsSession {
  public:
@@ -87,4 +87,4 @@ class WsSession {
   bool failed_ = false;
 };
 
-}  // namespace wsgate::server
+}  // namespace wsgate
