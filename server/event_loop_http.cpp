@@ -97,6 +97,12 @@ void EventLoop::upgrade(Socket& s, uint32_t index, const RequestHead& head) {
     case Admission::draining:
       gateway_.metrics().reject(RejectReason::draining);
       return respond(s, index, 503, "text/plain", "node is draining");
+    case Admission::too_many_open_per_ip:
+      gateway_.metrics().reject(RejectReason::too_many_open_per_ip);
+      return respond(s, index, 429, "text/plain", "too many open connections from this address");
+    case Admission::queue_budget:
+      gateway_.metrics().reject(RejectReason::queue_budget);
+      return respond(s, index, 503, "text/plain", "node send queues near their memory budget");
   }
   if (shutting_down_) {
     gateway_.metrics().reject(RejectReason::draining);

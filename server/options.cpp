@@ -22,7 +22,7 @@ struct LimitFlag {
   const char* help;
 };
 
-constexpr std::array<LimitFlag, 18> limit_flags{{
+constexpr std::array<LimitFlag, 27> limit_flags{{
     {"--max-connections", "WSGATE_MAX_CONNECTIONS", &Limits::max_connections, "connections",
      "established WebSocket connections per node; the next upgrade gets 503"},
     {"--max-connections-per-ip", "WSGATE_MAX_CONNECTIONS_PER_IP", &Limits::max_connections_per_ip,
@@ -31,10 +31,28 @@ constexpr std::array<LimitFlag, 18> limit_flags{{
      "length of the per-IP connection window"},
     {"--max-tracked-ips", "WSGATE_MAX_TRACKED_IPS", &Limits::max_tracked_ips, "addresses",
      "client IPs tracked by the rate limiter; when full, new IPs get 429"},
+    {"--max-open-connections-per-ip", "WSGATE_MAX_OPEN_CONNECTIONS_PER_IP", &Limits::max_open_connections_per_ip,
+     "connections", "connections one client IP (IPv6: prefix) may hold open at once; the next upgrade gets 429"},
+    {"--ipv6-prefix-bits", "WSGATE_IPV6_PREFIX_BITS", &Limits::ipv6_prefix_bits, "bits",
+     "IPv6 clients count per prefix of this length for the per-IP limits (1..128; IPv4-mapped counts as IPv4)"},
     {"--max-message-bytes", "WSGATE_MAX_MESSAGE_BYTES", &Limits::max_message_bytes, "bytes",
      "largest message accepted after reassembly; above it: close 1009"},
     {"--send-queue-max-bytes", "WSGATE_SEND_QUEUE_MAX_BYTES", &Limits::send_queue_max_bytes, "bytes",
-     "unsent bytes queued to one connection; past it: close 1008 (slow consumer)"},
+     "memory of the frames queued to one connection (a frame costs its allocation and slot, not just its wire bytes); past it: close 1008 (slow consumer)"},
+    {"--node-send-queue-max-bytes", "WSGATE_NODE_SEND_QUEUE_MAX_BYTES", &Limits::node_send_queue_max_bytes, "bytes",
+     "memory of every frame queued on the node (shared frames once); above 3/4 of it upgrades get 503, above it the largest queues are closed 1008"},
+    {"--client-max-messages-per-s", "WSGATE_CLIENT_MAX_MESSAGES_PER_S", &Limits::client_max_messages_per_s,
+     "messages/s", "messages one connection may send per second (token bucket; 0: unlimited); past it: an error reply, message dropped"},
+    {"--client-burst-messages", "WSGATE_CLIENT_BURST_MESSAGES", &Limits::client_burst_messages, "messages",
+     "messages one connection may send at once above its rate (the bucket's size)"},
+    {"--client-max-bytes-per-s", "WSGATE_CLIENT_MAX_BYTES_PER_S", &Limits::client_max_bytes_per_s, "bytes/s",
+     "message bytes one connection may send per second (token bucket; 0: unlimited); past it: an error reply, message dropped"},
+    {"--client-burst-bytes", "WSGATE_CLIENT_BURST_BYTES", &Limits::client_burst_bytes, "bytes",
+     "message bytes one connection may send at once above its rate; >= max-message-bytes"},
+    {"--client-max-rate-refusals", "WSGATE_CLIENT_MAX_RATE_REFUSALS", &Limits::client_max_rate_refusals,
+     "messages", "a connection refused this many messages by its rate limit within the window is closed (1008)"},
+    {"--client-rate-refusal-window-ms", "WSGATE_CLIENT_RATE_REFUSAL_WINDOW_MS", &Limits::client_rate_refusal_window_ms,
+     "milliseconds", "the window in which rate-limit refusals are counted"},
     {"--heartbeat-interval-ms", "WSGATE_HEARTBEAT_INTERVAL_MS", &Limits::heartbeat_interval_ms,
      "milliseconds", "the server pings every connection this often"},
     {"--idle-timeout-ms", "WSGATE_IDLE_TIMEOUT_MS", &Limits::idle_timeout_ms, "milliseconds",
@@ -225,6 +243,15 @@ std::string explain_inconsistent_limits(const Limits& l) {
   add(l.load_report_interval_ms == 0, "load-report-interval-ms must be > 0");
   add(l.max_tracked_origins == 0, "max-tracked-origins must be > 0");
   add(l.drain_max_closes_per_s == 0, "drain-max-closes-per-s must be > 0");
+  add(l.max_open_connections_per_ip == 0, "max-open-connections-per-ip must be > 0");
+  add(l.ipv6_prefix_bits < 1 || l.ipv6_prefix_bits > 128, "ipv6-prefix-bits must be 1..128");
+  add(l.node_send_queue_max_bytes < l.send_queue_max_bytes, "node-send-queue-max-bytes must be >= send-queue-max-bytes");
+  add(l.client_max_rate_refusals == 0, "client-max-rate-refusals must be > 0");
+  add(l.client_rate_refusal_window_ms == 0, "client-rate-refusal-window-ms must be > 0");
+  add(l.client_max_messages_per_s > 0 && l.client_burst_messages == 0,
+      "client-burst-messages must be > 0 when client-max-messages-per-s is set");
+  add(l.client_max_bytes_per_s > 0 && l.client_burst_bytes < l.max_message_bytes,
+      "client-burst-bytes must be >= max-message-bytes when client-max-bytes-per-s is set");
   const uint64_t need = uint64_t(l.max_message_bytes) + 64 + uint64_t(l.max_user_id_bytes) * json_escape_expansion;
   if (uint64_t(l.send_queue_max_bytes) < need) {
     if (!why.empty()) why += "; ";
