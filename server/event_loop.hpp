@@ -38,6 +38,7 @@
 #include "wsgate/gateway.hpp"
 #include "wsgate/handshake.hpp"
 #include "local_transport.hpp"
+#include "shm_bus.hpp"
 
 namespace wsgate::server {
 
@@ -111,6 +112,7 @@ class EventLoop final : private RedisIo {
   // --- the transport (event_loop_transport.cpp) -----------------------------
   std::unique_ptr<Transport> make_transport();
   uint64_t next_transport_deadline_ms() const;
+  std::string render_shm_metrics(const std::string& label) const;
   // RedisIo: the Redis transport's two TCP links, on this ring.
   void redis_connect(RedisLink link) override;
   void redis_want_write(RedisLink link) override;
@@ -147,7 +149,11 @@ class EventLoop final : private RedisIo {
   // freed (and the core told) once every completion is in.
   void teardown(Socket& s, uint32_t index);
   void maybe_release(Socket& s, uint32_t index);
-  uint32_t socket_of(ConnId id) const;
+  // The socket of a core connection, or no_socket if either is gone.
+  uint32_t socket_of(ConnId id);
+  // A socket slot as the tag the core keeps per connection, and back.
+  static uint64_t socket_tag(uint32_t index, uint32_t generation) { return uint64_t(generation) << 32 | index; }
+  static SlotRef slot_of_tag(uint64_t tag) { return {uint32_t(tag), uint32_t(tag >> 32)}; }
 
   // --- shutdown -------------------------------------------------------------
   void begin_shutdown(uint32_t signo);
@@ -160,6 +166,8 @@ class EventLoop final : private RedisIo {
   // Before gateway_, which holds a pointer to the transport.
   std::unique_ptr<LocalBus> local_bus_;
   RedisTransport* redis_ = nullptr;  // transport_, when it is Redis
+  ShmTransport* shm_ = nullptr;      // transport_, when it is shm
+  std::string transport_error_;      // the transport could not be set up
   bool transport_polls_ = false;     // shm: no fd to wake on, so poll often
   std::unique_ptr<Transport> transport_;
   Gateway gateway_;
@@ -178,7 +186,6 @@ class EventLoop final : private RedisIo {
   uint64_t accept_retry_at_ms_ = 0;
   uint64_t last_accept_error_log_ms_ = 0;
 
-  std::vector<uint32_t> conn_to_socket_;  // core ConnId index -> socket index
   std::vector<SlotRef> pending_writes_;
   std::vector<SlotRef> rearm_;
   // Every handshake (and every close) waits the same time, so deadlines are
