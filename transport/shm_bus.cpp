@@ -6,6 +6,7 @@
 #include <pthread.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -170,6 +171,14 @@ struct ShmBus::Layout {
     void* p = memory->allocate_aligned(bytes, shared_alignment_bytes);
     std::memset(p, 0, bytes);
     return p;
+  }
+
+  // What creating the segment writes at once (every table is cleared); the
+  // rings are written only as messages flow.
+  static uint64_t table_bytes(const ShmBusOptions& o) {
+    return segment_slack_bytes + sizeof(Layout) + sizeof(NodeSlot) * o.max_nodes +
+           sizeof(TopicEntry) * table_slots_for(o.max_topics) +
+           sizeof(PresenceEntry) * table_slots_for(o.max_presence_entries);
   }
 
   static uint64_t segment_bytes(const ShmBusOptions& o) {
@@ -401,6 +410,27 @@ void check_segment_is_private(const std::string& shm_name) {
   }
 }
 
+// /dev/shm is often small (64 MiB in a container by default), and the
+// presence table grows with max_connections. Clearing the tables of a new
+// segment past the free space would kill the node with SIGBUS: say why
+// instead. (Advisory: something else may fill /dev/shm meanwhile.)
+void check_room_to_create(const std::string& shm_name, uint64_t table_bytes) {
+  const std::string path = shm_name.starts_with('/') ? shm_name : "/" + shm_name;
+  if (const int fd = shm_open(path.c_str(), O_RDONLY | O_CLOEXEC, 0); fd >= 0) {
+    close(fd);
+    return;  // it exists: its creator wrote the tables
+  }
+  struct statvfs vfs {};
+  if (statvfs("/dev/shm", &vfs) != 0) return;
+  const uint64_t free_bytes = uint64_t(vfs.f_bavail) * vfs.f_frsize;
+  if (free_bytes >= table_bytes) return;
+  throw std::runtime_error("shm bus: creating segment '" + shm_name + "' needs " +
+                           std::to_string(table_bytes >> 20) + " MiB of /dev/shm for its tables, " +
+                           std::to_string(free_bytes >> 20) +
+                           " MiB are free: lower the presence table (--shm-presence-max-entries, or "
+                           "--max-connections) or enlarge /dev/shm");
+}
+
 // --- ShmTransport: joining and leaving ---------------------------------------
 
 ShmTransport::ShmTransport(const std::string& shm_name, std::string node_id, const ShmBusOptions& options,
@@ -409,6 +439,7 @@ ShmTransport::ShmTransport(const std::string& shm_name, std::string node_id, con
   if (!shm_bus_options_are_consistent(options_)) throw std::runtime_error("shm bus: inconsistent options");
   if (node_id_.empty() || node_id_.size() > shm_max_node_id_bytes)
     throw std::runtime_error("shm bus: node id must be 1.." + std::to_string(shm_max_node_id_bytes) + " bytes");
+  check_room_to_create(shm_name, ShmBus::Layout::table_bytes(options_));
   segment_ = std::make_unique<ShmBus::Segment>();
   segment_->memory = bip::managed_shared_memory(bip::open_or_create, shm_name.c_str(),
                                                 ShmBus::Layout::segment_bytes(options_), nullptr,

@@ -402,6 +402,20 @@ TEST_F(ShmBusTest, PresenceCapacityFollowsTheFlagAndAFullTableIsCounted) {
   EXPECT_EQ(sink.messages.size(), 1u);
 }
 
+// Tables larger than /dev/shm's free space: refused with the reason, before
+// anything is created (clearing them would end in SIGBUS).
+TEST_F(ShmBusTest, TablesLargerThanDevShmAreRefusedBeforeCreating) {
+  ShmBusOptions o;
+  o.max_presence_entries = shm_max_table_entries;  // 2^29 slots x 272 bytes: 146 GB
+  try {
+    ShmTransport a(name_, "a", o, 0);
+    ADD_FAILURE() << "created a segment larger than /dev/shm";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("MiB of /dev/shm"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(segment_mode(name_), 0u) << "nothing was created";
+}
+
 TEST_F(ShmBusTest, LeavingNodeTakesItsSubscriptionsAndPresence) {
   ShmBusOptions o;
   ShmTransport a(name_, "a", o, 0);
