@@ -100,7 +100,7 @@ constexpr std::array<BufferFlag, 13> buffer_flags{{
     {"--redis-output-max-bytes", "WSGATE_REDIS_OUTPUT_MAX_BYTES", &BufferLimits::redis_output_max_bytes, "bytes",
      "transport redis: commands not yet written; past it the sender gets 'transport busy'"},
     {"--redis-payload-max-bytes", "WSGATE_REDIS_PAYLOAD_MAX_BYTES", &BufferLimits::redis_payload_max_bytes, "bytes",
-     "transport redis: largest message to or from Redis"},
+     "transport redis: largest message published to Redis"},
     {"--redis-inbound-max-bytes", "WSGATE_REDIS_INBOUND_MAX_BYTES", &BufferLimits::redis_inbound_max_bytes, "bytes",
      "transport redis: messages read and not yet delivered; past it they are dropped and counted"},
 }};

@@ -117,9 +117,9 @@ struct BufferLimits {
   uint32_t shm_max_topics = 0;
 
   // --transport redis. Commands formatted but not yet written (past it a
-  // publish answers backpressure); the largest message accepted from or
-  // given to Redis; messages read but not yet delivered (past it dropped
-  // and counted).
+  // publish answers backpressure and the sender gets 'transport busy'); the
+  // largest message published (larger: too_large, the sender is told);
+  // messages read but not yet delivered (past it dropped and counted).
   uint32_t redis_output_max_bytes = 8 * 1024 * 1024;
   uint32_t redis_payload_max_bytes = 1024 * 1024;
   uint32_t redis_inbound_max_bytes = 16 * 1024 * 1024;
