@@ -15,7 +15,10 @@
 //
 // Completions are routed by an explicit user_data (user_data.hpp); socket
 // slots live in a SocketTable; received bytes come from a provided-buffer
-// ring, so an idle connection owns no receive buffer.
+// ring, so an idle connection owns no receive buffer. A connection's state
+// has one home per side: the socket holds the core's ConnId, and the core
+// holds the socket's {index, generation} as its driver tag (socket_of), so
+// there is no map between the two to keep in step.
 #include <liburing.h>
 #include <signal.h>
 #include <sys/signalfd.h>
