@@ -150,8 +150,10 @@ constexpr uint64_t largest_publish_bytes(const Limits& l) {
 // A node subscribes to and shows presence for at most max_connections
 // distinct users. Twice that lets a node never fill the table on its own
 // and two full nodes of distinct users share it; a host running more nodes
-// whose users differ sets the flag. Each entry costs about 0.6 KiB of
-// /dev/shm (272 bytes, tables kept at most half full).
+// whose users differ sets the flag. An entry costs 0.5 to 1 KiB of
+// /dev/shm, written when the segment is created (272-byte slots, at least
+// twice the entries, a power of two): 136 MiB for the default 100,000
+// connections. A smaller /dev/shm is refused at start-up with the reason.
 constexpr uint32_t shm_presence_entries_for(const BufferLimits& b, const Limits& l) {
   if (b.shm_presence_max_entries != 0) return b.shm_presence_max_entries;
   return uint32_t(std::min<uint64_t>(2ull * l.max_connections, shm_max_table_entries));
