@@ -309,15 +309,27 @@ void Gateway::handle_tick(uint64_t now_ms) {
 uint64_t Gateway::next_tick_ms() const {
   uint64_t t = next_heartbeat_ms_;
   if (transport_) t = std::min(t, next_load_report_ms_);
-  if (draining_) t = std::min(t, next_drain_ms_);
+  if (draining_ && open_count_ > 0) {
+    t = std::min(t, next_drain_ms_);
+    // Wake the driver at the deadline too (once: past it, it is the
+    // driver's move, not a reason to spin).
+    if (drain_deadline_ms_ > now_ms_) t = std::min(t, drain_deadline_ms_);
+  }
   return t;
 }
 
-void Gateway::handle_drain(uint64_t now_ms) {
+void Gateway::handle_drain(uint64_t now_ms, uint64_t deadline_ms) {
   if (draining_) return;
   draining_ = true;
   next_drain_ms_ = now_ms;
+  drain_deadline_ms_ = deadline_ms;
   handle_tick(now_ms);
+}
+
+DrainStatus Gateway::drain_status(uint64_t now_ms) const {
+  if (!draining_) return DrainStatus::none;
+  if (open_count_ == 0) return DrainStatus::complete;
+  return now_ms >= drain_deadline_ms_ ? DrainStatus::overdue : DrainStatus::in_progress;
 }
 
 void Gateway::drain_some(uint64_t) {
@@ -622,6 +634,9 @@ std::string Gateway::render_health() const {
   append_json_string(out, config_.node_id);
   out += R"(,"connections":)";
   out += std::to_string(open_count_);
+  // Still "ok" (a liveness probe must not kill a node that drains); a
+  // readiness check or a load balancer reads this.
+  if (draining_) out += R"(,"draining":true)";
   if (transport_) {
     out += R"(,"transport":)";
     append_json_string(out, transport_->name());

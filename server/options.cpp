@@ -22,7 +22,7 @@ struct LimitFlag {
   const char* help;
 };
 
-constexpr std::array<LimitFlag, 18> limit_flags{{
+constexpr std::array<LimitFlag, 20> limit_flags{{
     {"--max-connections", "WSGATE_MAX_CONNECTIONS", &Limits::max_connections, "connections",
      "established WebSocket connections per node; the next upgrade gets 503"},
     {"--max-connections-per-ip", "WSGATE_MAX_CONNECTIONS_PER_IP", &Limits::max_connections_per_ip,
@@ -43,10 +43,12 @@ constexpr std::array<LimitFlag, 18> limit_flags{{
      "HTTP request head before the upgrade; above it: 431"},
     {"--handshake-timeout-ms", "WSGATE_HANDSHAKE_TIMEOUT_MS", &Limits::handshake_timeout_ms,
      "milliseconds", "from accept to a complete request head (slowloris)"},
+    {"--max-pending-handshakes", "WSGATE_MAX_PENDING_HANDSHAKES", &Limits::max_pending_handshakes,
+     "sockets", "accepted sockets not yet upgraded; at the bound the oldest is closed to make room"},
     {"--close-timeout-ms", "WSGATE_CLOSE_TIMEOUT_MS", &Limits::close_timeout_ms, "milliseconds",
      "after our close frame, how long we wait for the peer's"},
     {"--shutdown-timeout-ms", "WSGATE_SHUTDOWN_TIMEOUT_MS", &Limits::shutdown_timeout_ms,
-     "milliseconds", "on SIGTERM/SIGINT, the longest wait for close handshakes"},
+     "milliseconds", "on SIGTERM/SIGINT, the longest drain (closes paced by --drain-max-closes-per-s); then the rest are cut"},
     {"--max-user-id-bytes", "WSGATE_MAX_USER_ID_BYTES", &Limits::max_user_id_bytes, "bytes",
      "longest user_id accepted (decoded); longer: close 4001"},
     {"--load-report-interval-ms", "WSGATE_LOAD_REPORT_INTERVAL_MS", &Limits::load_report_interval_ms,
@@ -59,6 +61,8 @@ constexpr std::array<LimitFlag, 18> limit_flags{{
      "connections/s", "a draining node closes its connections (1001) at most this fast"},
     {"--max-tracked-origins", "WSGATE_MAX_TRACKED_ORIGINS", &Limits::max_tracked_origins, "publishers",
      "cluster: publishers whose last sequence number is kept to drop duplicates"},
+    {"--io-uring-sq-entries", "WSGATE_IO_URING_SQ_ENTRIES", &Limits::io_uring_sq_entries, "entries",
+     "size of the io_uring submission queue (2..32768); a full queue is submitted, never fatal"},
 }};
 
 // A field added to Limits without a flag here fails the build.
@@ -225,6 +229,8 @@ std::string explain_inconsistent_limits(const Limits& l) {
   add(l.load_report_interval_ms == 0, "load-report-interval-ms must be > 0");
   add(l.max_tracked_origins == 0, "max-tracked-origins must be > 0");
   add(l.drain_max_closes_per_s == 0, "drain-max-closes-per-s must be > 0");
+  add(l.max_pending_handshakes == 0, "max-pending-handshakes must be > 0");
+  add(l.io_uring_sq_entries < 2 || l.io_uring_sq_entries > 32768, "io-uring-sq-entries must be in 2..32768");
   const uint64_t need = uint64_t(l.max_message_bytes) + 64 + uint64_t(l.max_user_id_bytes) * json_escape_expansion;
   if (uint64_t(l.send_queue_max_bytes) < need) {
     if (!why.empty()) why += "; ";

@@ -31,6 +31,11 @@ struct Limits {
   uint32_t max_header_bytes = 8192;
   // From accept to a complete request head (slowloris).
   uint32_t handshake_timeout_ms = 5000;
+  // Sockets accepted but not yet upgraded (reading a request head, or
+  // writing a plain response). At the bound the oldest is closed to make
+  // room, so a flood of half-open connections cannot lock out /health or
+  // real clients; it costs the flood, not the newcomer.
+  uint32_t max_pending_handshakes = 4096;
   // After we send a close frame, how long we wait for the peer's.
   uint32_t close_timeout_ms = 2000;
   // SIGTERM: after close frames go out, the longest we wait before exit.
@@ -52,6 +57,10 @@ struct Limits {
   // Publishers (node incarnations) whose last sequence number is kept to
   // drop duplicated or reordered transport messages.
   uint32_t max_tracked_origins = 1024;
+  // The server's io_uring submission queue (the kernel takes 2..32768; it
+  // rounds up to a power of two). A full queue is submitted and reused, so
+  // this trades syscalls for memory; tests make it tiny to force that path.
+  uint32_t io_uring_sq_entries = 4096;
 };
 
 // Frames and outboxes carry payload sizes in 32 bits.
@@ -65,6 +74,7 @@ constexpr bool limits_are_consistent(const Limits& l) {
          l.heartbeat_interval_ms > 0 && l.idle_timeout_ms >= l.heartbeat_interval_ms &&
          l.ip_window_ms > 0 && l.max_header_bytes >= 256 && l.max_tracked_ips > 0 &&
          l.load_report_interval_ms > 0 && l.max_tracked_origins > 0 && l.drain_max_closes_per_s > 0 &&
+         l.max_pending_handshakes > 0 && l.io_uring_sq_entries >= 2 && l.io_uring_sq_entries <= 32768 &&
          // one largest reply must fit in a queue, or nothing could be sent
          uint64_t(l.send_queue_max_bytes) >= uint64_t(l.max_message_bytes) + 64 +
              uint64_t(l.max_user_id_bytes) * json_escape_expansion;
