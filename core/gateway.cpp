@@ -21,7 +21,12 @@ constexpr std::string_view user_topic_prefix = "user:";
 constexpr std::string_view node_topic_prefix = "node:";
 constexpr std::string_view broadcast_topic = "broadcast";
 constexpr std::string_view load_topic = "load";
+// A drain closes a batch every step; below 10 closes/s a step is one
+// close, spaced 1000/rate ms, so the pace holds for any rate.
 constexpr uint64_t drain_step_ms = 100;
+uint64_t drain_interval_ms(uint32_t closes_per_s) {
+  return closes_per_s >= 1000 / drain_step_ms ? drain_step_ms : 1000 / std::max<uint32_t>(1, closes_per_s);
+}
 
 std::string hex(uint64_t v) {
   static constexpr char digits[] = "0123456789abcdef";
@@ -302,7 +307,7 @@ void Gateway::handle_tick(uint64_t now_ms) {
   }
   if (draining_ && now_ms >= next_drain_ms_) {
     drain_some(now_ms);
-    next_drain_ms_ = now_ms + drain_step_ms;
+    next_drain_ms_ = now_ms + drain_interval_ms(config_.limits.drain_max_closes_per_s);
   }
 }
 
@@ -333,7 +338,8 @@ DrainStatus Gateway::drain_status(uint64_t now_ms) const {
 }
 
 void Gateway::drain_some(uint64_t) {
-  const size_t budget = std::max<size_t>(1, config_.limits.drain_max_closes_per_s * drain_step_ms / 1000);
+  const uint32_t rate = config_.limits.drain_max_closes_per_s;
+  const size_t budget = std::max<uint64_t>(1, uint64_t(rate) * drain_interval_ms(rate) / 1000);
   metrics_.drain_closes_total += close_some(budget, CloseCode::going_away, "node draining");
 }
 

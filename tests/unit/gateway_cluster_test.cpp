@@ -347,6 +347,23 @@ TEST_F(Cluster, DrainStatusSaysWhenToExitAndTheDeadlineWakesTheDriver) {
   EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::complete);
 }
 
+TEST_F(Cluster, SlowDrainRateIsHeldBelowTenPerSecond) {
+  Limits l;
+  l.drain_max_closes_per_s = 2;  // one close every 500 ms
+  Node& a = add("A", l);
+  for (int i = 0; i < 10; ++i) a.gateway.handle_open("u" + std::to_string(i), now);
+  const uint64_t start = now;
+  a.gateway.handle_drain(now, start + 60000);
+  size_t closed = a.gateway.take_closes().size();
+  EXPECT_EQ(closed, 1u);
+  for (int step = 0; step < 100 && now < start + 2000; ++step) {  // 2 s: the first close plus 4 more
+    now = std::min(a.gateway.next_tick_ms(), start + 2000);
+    a.gateway.handle_tick(now);
+    closed += a.gateway.take_closes().size();
+  }
+  EXPECT_EQ(closed, 5u);
+}
+
 TEST_F(Cluster, EmptyNodeDrainsAtOnce) {
   Node& a = add("A");
   a.gateway.handle_drain(now, now + 5000);
