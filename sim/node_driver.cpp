@@ -92,6 +92,7 @@ void Simulation::exit_drained_node(uint32_t n) {
   node.conns.clear();
   mark_unhealthy(n);
   sched_.after(chaos_rng_.between(500, 3000), EventKind::node_restart, n, node.life);
+  result_.stats.drain_cut += cut.size();
   for (uint32_t c : cut) lost_connection(c, backoff_ms(0));
 }
 
