@@ -569,6 +569,8 @@ void EventLoop::follow_drain() {
       log_line("wsgate shutdown: every connection closed; exiting");
       return stop_serving();
     case DrainStatus::overdue:
+      log_line("wsgate shutdown: %u ms passed with %zu connections left", options_.limits.shutdown_timeout_ms,
+               gateway_.connection_count());
       force_close_all();
       return stop_serving();
     case DrainStatus::none:
