@@ -659,11 +659,11 @@ def test_incremental_head_trickled_then_upgrades(start_server):
 
 
 def test_tiny_io_uring_submission_queue_is_submitted_not_fatal(start_server):
-    """--io-uring-sq-entries 2: every iteration needs far more submissions
+    """--uring-sq-entries 2: every iteration needs far more submissions
     than the queue holds (a broadcast to 150 connections is 150 sends). The
     full queue is submitted and reused; nothing aborts, nothing is lost."""
     n = 150
-    s = start_server("--io-uring-sq-entries", "2", "--max-connections-per-ip", "1000")
+    s = start_server("--uring-sq-entries", "2", "--max-connections-per-ip", "1000")
 
     async def go():
         conns = [await connect(s, f"q{i}") for i in range(n)]
