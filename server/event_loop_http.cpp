@@ -151,6 +151,7 @@ std::string EventLoop::render_metrics() const {
   out += "# HELP wsgate_sockets_in_use Sockets held by the event loop (handshakes included).\n"
          "# TYPE wsgate_sockets_in_use gauge\n"
          "wsgate_sockets_in_use" + label + std::to_string(sockets_.in_use()) + "\n";
+  render_redis_metrics(out, label);
   return out;
 }
 
