@@ -148,6 +148,7 @@ class EventLoop final : private RedisIo {
   std::unique_ptr<Resolver> resolver_;
   uint64_t resolver_counter_ = 0;  // the eventfd read lands here
   bool resolver_read_armed_ = false;
+  uint64_t redis_connect_failures_total_ = 0;  // attempts that reached no address
   std::string last_redis_connect_log_;
   uint64_t last_redis_connect_log_ms_ = 0;
 

@@ -95,6 +95,7 @@ void EventLoop::on_resolved(const io_uring_cqe&) {
     if (!l.resolving || uint32_t(r.tag) != l.generation) continue;  // given up on meanwhile
     l.resolving = false;
     if (r.addresses.empty()) {
+      ++redis_connect_failures_total_;
       log_redis_connect_failure("wsgate redis: cannot resolve " + options_.redis_host + ": " + r.error);
       redis_->on_disconnected(link, now_ms_);
       continue;
@@ -150,6 +151,7 @@ void EventLoop::connect_next_address(RedisLink link) {
     io_uring_sqe_set_data64(timeout, pack_user_data(Op::cancel, 0, 0));
     return;
   }
+  ++redis_connect_failures_total_;
   log_redis_connect_failure("wsgate redis: cannot connect to " + options_.redis_address() + " (" +
                             std::to_string(l.addresses.size()) + " address" + (l.addresses.size() == 1 ? "" : "es") +
                             " tried; last: " + l.last_error + ")");
@@ -177,6 +179,10 @@ void EventLoop::render_redis_metrics(std::string& out, const std::string& label)
            std::to_string(v) + "\n";
   };
   counter("wsgate_redis_connects_total", "Redis TCP connections established (both links).", st.connects);
+  counter("wsgate_redis_connect_failures_total",
+          "Redis connect attempts that failed (the name did not resolve, or every address refused or timed out); "
+          "the log repeats the same failure at most once a minute.",
+          redis_connect_failures_total_);
   counter("wsgate_redis_disconnects_total", "Ready Redis links lost (closed, reset or timed out).", st.disconnects);
   counter("wsgate_redis_link_timeouts_total",
           "Redis links dropped because Redis answered nothing for --redis-timeout-ms.", st.link_timeouts);
