@@ -25,7 +25,8 @@ class FreezeProxy:
         self.accepted = 0
         self.pairs = []  # [client, upstream]
         self.lock = threading.Lock()
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.error = None  # an exception that stopped the proxy's thread
+        self.thread = threading.Thread(target=self._guarded_run, daemon=True)
         self.thread.start()
 
     @property
@@ -54,6 +55,17 @@ class FreezeProxy:
                         pass
             self.pairs.clear()
         self.listener.close()
+
+    def _guarded_run(self):
+        try:
+            self._run()
+        except BaseException as e:  # noqa: BLE001 - reported by check()
+            self.error = e
+
+    def check(self):
+        """Raises if the proxy's thread died (the test would blame wsgate)."""
+        if self.error is not None:
+            raise AssertionError(f"the freeze proxy failed: {self.error!r}")
 
     def _run(self):
         sel = selectors.DefaultSelector()
@@ -98,6 +110,8 @@ class FreezeProxy:
                     sel.register(u, selectors.EVENT_READ)
                     continue
                 other = peer.get(s)
+                if other is None:
+                    continue  # its pair ended earlier in this round
                 try:
                     data = s.recv(65536)
                 except OSError:
@@ -114,7 +128,10 @@ class FreezeProxy:
                         sel.unregister(x)
                     except (KeyError, ValueError):
                         pass
-                    x.close()
+                    try:
+                        x.close()
+                    except OSError:
+                        pass
                     peer.pop(x, None)
                 with self.lock:
                     self.pairs = [p for p in self.pairs if s not in p]

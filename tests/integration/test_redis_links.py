@@ -114,6 +114,7 @@ def test_frozen_redis_is_detected_senders_told_and_nodes_recover(cluster):
 
             proxy.unfreeze()
             for n in (a, b):
+                proxy.check()
                 wait_health(n, lambda h: h.get("transport_connected") is True, timeout=DETECT_BOUND_S + T,
                             what="reconnected after the freeze")
             await wait_subscribed(redis, [tu, su], at_least=1)
@@ -123,6 +124,7 @@ def test_frozen_redis_is_detected_senders_told_and_nodes_recover(cluster):
             await s.wait_for(lambda c: "back" in c.contents(), what="a reply after the freeze")
 
         run(body)
+        proxy.check()
     finally:
         proxy.close()
 
