@@ -157,10 +157,9 @@ void RedisTransport::set_presence(std::string_view user, uint32_t connections) {
 // in_redis: whether Redis holds the user as online, if this is the user's
 // first unwritten change (a later change keeps the first one's answer).
 void RedisTransport::mark_unwritten(const std::string& user, bool in_redis) {
-  auto [it, fresh] = unwritten_.try_emplace(user, in_redis);
+  const auto it = unwritten_.try_emplace(user, in_redis).first;
   // Never written, now gone: nothing to undo in Redis.
   if (!it->second && !presence_.contains(user)) unwritten_.erase(it);
-  (void)fresh;
 }
 
 bool RedisTransport::command_link_has_room() const {
