@@ -174,6 +174,8 @@ void EventLoop::connect_next_address(RedisLink link) {
     const uint64_t share_ms = std::max<uint64_t>(100, options_.redis_timeout_ms / l.addresses.size());
     l.connect_timeout.tv_sec = int64_t(share_ms / 1000);
     l.connect_timeout.tv_nsec = int64_t(share_ms % 1000) * 1000000;
+    // The connect and its timeout go to the kernel in one submission.
+    if (io_uring_sq_space_left(&ring_) < 2) submit_now();
     io_uring_sqe* sqe = get_sqe();
     io_uring_prep_connect(sqe, l.fd, reinterpret_cast<const sockaddr*>(&a.address), a.length);
     sqe->flags |= IOSQE_IO_LINK;
@@ -251,6 +253,7 @@ void EventLoop::fail_redis_link(RedisLink link) {
     return;
   }
   l.closing = true;
+  if (io_uring_sq_space_left(&ring_) < 2) submit_now();
   io_uring_sqe* cancel = get_sqe();
   io_uring_prep_cancel_fd(cancel, l.fd, IORING_ASYNC_CANCEL_ALL);
   cancel->flags |= IOSQE_IO_HARDLINK;
