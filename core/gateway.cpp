@@ -673,12 +673,11 @@ void Gateway::on_transport_publish_unrouted(uint64_t number) {
   if (p.number == number && p.direct) ++metrics_.messages_undeliverable_total;
 }
 
+// Presence and subscriptions are the transport's to restore after a
+// reconnect: it holds both and knows when the backend lost them. Writing
+// every user again from here too would double the writes.
 void Gateway::on_transport_state(TransportState state) {
   metrics_.transport_connected = state == TransportState::connected;
-  if (state != TransportState::connected) return;
-  // The backend may have lost what we stored (a restarted Redis): say again
-  // who is here. Subscriptions are the transport's to restore.
-  for (const auto& user : users_) update_presence(user);
 }
 
 void Gateway::update_presence(const UserMap::value_type& user) {

@@ -182,6 +182,7 @@ std::string EventLoop::render_metrics() const {
          "# TYPE wsgate_sockets_in_use gauge\n"
          "wsgate_sockets_in_use" + label + std::to_string(sockets_.in_use()) + "\n";
   out += render_shm_metrics(label);
+  render_redis_metrics(out, label);
   return out;
 }
 
