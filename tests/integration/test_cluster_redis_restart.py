@@ -152,8 +152,11 @@ class Sender:
 
 def test_redis_sigkill_and_restart_mid_traffic(cluster):  # noqa: F811
     redis = cluster.redis()
-    a = cluster.redis_node(redis, "A", ttl_ms=3000)
-    b = cluster.redis_node(redis, "B", ttl_ms=3000)
+    # The senders fire as fast as acknowledgements allow: the per-client
+    # rate limit is not what this test is about.
+    unlimited = ("--client-max-messages-per-s", "0", "--client-max-bytes-per-s", "0")
+    a = cluster.redis_node(redis, "A", *unlimited, ttl_ms=3000)
+    b = cluster.redis_node(redis, "B", *unlimited, ttl_ms=3000)
     for n in (a, b):
         wait_health(n, lambda h: h.get("transport_connected") is True, what="transport connected")
 
