@@ -296,7 +296,7 @@ void Gateway::handle_tick(uint64_t now_ms) {
     // them is going stale: no report, no rebalancing.
     if (transport_->state() == TransportState::connected) {
       report_load(now_ms);
-      rebalance(now_ms);
+      rebalance();
     }
     next_load_report_ms_ = now_ms + config_.limits.load_report_interval_ms;
   }
@@ -317,6 +317,10 @@ void Gateway::handle_drain(uint64_t now_ms) {
   if (draining_) return;
   draining_ = true;
   next_drain_ms_ = now_ms;
+  // Say so at once, not at the next report: until the others know, they
+  // count our last (not draining) report in their mean, and a node that
+  // drains fast has exited before that report would go out.
+  next_load_report_ms_ = now_ms;
   handle_tick(now_ms);
 }
 
@@ -331,17 +335,33 @@ void Gateway::report_load(uint64_t now_ms) {
   PeerLoad& self = peer_loads_[config_.node_id];
   self = PeerLoad{open_count_, now_ms, self.reported_ms ? self.connections : UINT64_MAX, draining_, origin_};
   publish_raw(load_topic, std::to_string(open_count_) + (draining_ ? " draining" : ""));
+  age_peer_loads(now_ms);
+}
+
+// A peer that stopped reporting has crashed (its clients are landing on the
+// rest of us) or is cut off (it keeps them, and we no longer see them):
+// either way the reports we hold no longer add up to the cluster, so the
+// picture must settle again before anyone moves. Long silent peers are
+// forgotten.
+void Gateway::age_peer_loads(uint64_t now_ms) {
+  const uint64_t live_ms = 3ull * config_.limits.load_report_interval_ms;
   const uint64_t forget_ms = 10ull * config_.limits.load_report_interval_ms;
+  bool fell_silent = false;
+  for (auto& [node, load] : peer_loads_) {
+    const bool live = now_ms - load.reported_ms <= live_ms;
+    fell_silent |= load.live && !live;
+    load.live = live;
+  }
+  if (fell_silent) forget_load_history();
   std::erase_if(peer_loads_, [&](const auto& kv) { return now_ms - kv.second.reported_ms > forget_ms; });
 }
 
-void Gateway::rebalance(uint64_t now_ms) {
+void Gateway::rebalance() {
   const Limits& l = config_.limits;
   if (l.rebalance_max_moves_per_s == 0 || draining_) return;
-  const uint64_t live_ms = 3ull * l.load_report_interval_ms;
   uint64_t total = 0, nodes = 0;
   for (const auto& [node, load] : peer_loads_)
-    if (now_ms - load.reported_ms <= live_ms && !load.draining) {
+    if (load.live && !load.draining) {
       total += load.connections;
       ++nodes;
     }
@@ -355,7 +375,7 @@ void Gateway::rebalance(uint64_t now_ms) {
   // by at most half the band since.
   const double steady = std::max(1.0, mean * l.rebalance_tolerance_pct / 200.0);
   for (const auto& [node, load] : peer_loads_) {
-    if (now_ms - load.reported_ms > live_ms || load.draining) continue;
+    if (!load.live || load.draining) continue;
     if (load.previous == UINT64_MAX) return;
     const double delta = double(load.connections) - double(load.previous);
     if (delta > steady || -delta > steady) return;
@@ -367,7 +387,23 @@ void Gateway::rebalance(uint64_t now_ms) {
   const double target = mean * (1.0 + l.rebalance_tolerance_pct / 200.0);
   const size_t excess = size_t(double(open_count_) - target);
   const size_t budget = std::max<size_t>(1, size_t(l.rebalance_max_moves_per_s) * l.load_report_interval_ms / 1000);
-  metrics_.rebalance_closes_total += close_some(std::min(excess, budget), CloseCode::reconnect, "rebalance");
+  const size_t moved = close_some(std::min(excess, budget), CloseCode::reconnect, "rebalance");
+  metrics_.rebalance_closes_total += moved;
+  if (moved > 0) forget_load_history();
+}
+
+// Clients are about to move between nodes (we asked some to reconnect, or a
+// peer began to drain), and every report made before they land is stale:
+// a node's report just before its new clients arrive says it is nearly
+// empty, and judged against it every other node looks overloaded. The
+// picture is settled again only once each peer has reported twice since,
+// and steadily (see rebalance).
+void Gateway::forget_load_history() {
+  for (auto& [node, load] : peer_loads_)
+    if (node != config_.node_id) {
+      load.previous = UINT64_MAX;
+      load.stale = true;
+    }
 }
 
 size_t Gateway::close_some(size_t n, CloseCode code, std::string_view reason) {
@@ -506,9 +542,13 @@ void Gateway::on_transport_message(std::string_view topic, std::string_view payl
     uint64_t n = 0;
     for (char c : e.body.substr(0, e.body.find(' '))) n = c >= '0' && c <= '9' ? n * 10 + uint64_t(c - '0') : n;
     PeerLoad& p = peer_loads_[std::string(node_of(e.origin))];
-    const bool same = p.origin == e.origin;
-    p = PeerLoad{n, now_ms_, same ? p.connections : UINT64_MAX, e.body.find(" draining") != std::string_view::npos,
-                 std::string(e.origin)};
+    // A report from before the peer fell silent (a partition) or before
+    // clients last moved is no base to judge how steady it is now.
+    const bool same = p.origin == e.origin && p.live && !p.stale;
+    const bool draining = e.body.find(" draining") != std::string_view::npos;
+    const bool began_draining = draining && !(p.origin == e.origin && p.draining);
+    p = PeerLoad{n, now_ms_, same ? p.connections : UINT64_MAX, draining, std::string(e.origin)};
+    if (began_draining) forget_load_history();  // its clients are about to land on us all
     return;
   }
   const FrameRef f = FrameRef::encode(Opcode::text, e.body);

@@ -62,6 +62,10 @@ struct PeerLoad {
   uint64_t previous = UINT64_MAX;  // the report before (UINT64_MAX: none yet)
   bool draining = false;
   std::string origin;  // node_id/incarnation: a restart starts a new history
+  bool live = true;    // reported within the last 3 intervals
+  // Clients moved since this report was made (ours asked to reconnect, a
+  // peer draining, a peer gone): its next report starts a new history.
+  bool stale = false;
 };
 
 class Gateway : private TransportSink {
@@ -164,7 +168,9 @@ class Gateway : private TransportSink {
   // Drops what this node already saw from that publisher incarnation.
   bool accept_sequence(std::string_view origin, uint64_t seq, uint64_t now_ms);
   void report_load(uint64_t now_ms);
-  void rebalance(uint64_t now_ms);
+  void rebalance();
+  void forget_load_history();
+  void age_peer_loads(uint64_t now_ms);
   void drain_some(uint64_t now_ms);
   // Closes up to n open connections from a rotating cursor; returns how many.
   size_t close_some(size_t n, CloseCode code, std::string_view reason);
