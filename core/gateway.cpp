@@ -5,6 +5,7 @@
 
 #include "wsgate/json_escape.hpp"
 #include "wsgate/protocol.hpp"
+#include "wsgate/transport_input.hpp"
 
 #include <simdjson.h>
 
@@ -28,28 +29,6 @@ std::string hex(uint64_t v) {
   std::string out(16, '0');
   for (int i = 15; i >= 0; --i, v >>= 4) out[size_t(i)] = digits[v & 0xF];
   return out;
-}
-
-// Envelope of every transport message: "{origin}\n{sequence}\n{body}".
-struct Envelope {
-  std::string_view origin;  // node_id/incarnation
-  uint64_t seq = 0;
-  std::string_view body;
-};
-
-bool parse_envelope(std::string_view p, Envelope& e) {
-  const size_t a = p.find('\n');
-  if (a == std::string_view::npos) return false;
-  const size_t b = p.find('\n', a + 1);
-  if (b == std::string_view::npos || b == a + 1) return false;
-  e.origin = p.substr(0, a);
-  e.seq = 0;
-  for (char c : p.substr(a + 1, b - a - 1)) {
-    if (c < '0' || c > '9') return false;
-    e.seq = e.seq * 10 + uint64_t(c - '0');
-  }
-  e.body = p.substr(b + 1);
-  return true;
 }
 
 std::string_view node_of(std::string_view origin) { return origin.substr(0, origin.rfind('/')); }
@@ -93,9 +72,10 @@ Gateway::Gateway(GatewayConfig config, Transport* transport)
       ping_frame_(FrameRef::encode(Opcode::ping, {})),
       pong_frame_(FrameRef::encode(Opcode::text, R"({"type":"pong"})")) {
   WSGATE_ASSERT(limits_are_consistent(config_.limits));
-  WSGATE_ASSERT(config_.node_id.find('\n') == std::string::npos);
+  WSGATE_ASSERT(node_id_is_valid(config_.node_id));
   origin_ = config_.node_id + "/" + hex(config_.incarnation);
   if (transport_) {
+    transport_input_ = std::make_unique<TransportInput>(config_.limits);
     // A transport reports changes only: start from where it is now.
     metrics_.transport_connected = transport_->state() == TransportState::connected;
     transport_->set_sink(this);
@@ -526,10 +506,24 @@ PublishStatus Gateway::publish(ConnId from, std::string_view topic, const FrameR
   return st;
 }
 
+// Another node's message. Checked before anything else is done with it
+// (transport_input.hpp): what fails is dropped and counted, and does not
+// even advance its publisher's sequence.
 void Gateway::on_transport_message(std::string_view topic, std::string_view payload) {
   Envelope e;
-  if (!parse_envelope(payload, e)) return;  // not ours: nothing to deliver
-  if (e.origin == origin_) return;          // delivered locally already
+  TransportInvalid why = transport_input_->parse_envelope(payload, e);
+  if (why == TransportInvalid::none && e.origin == origin_) return;  // delivered locally already
+  LoadReport load;
+  if (why == TransportInvalid::none) {
+    if (topic == load_topic) why = parse_load_report(e.body, load);
+    else if (topic == broadcast_topic) why = transport_input_->check_delivery(e.body, broadcast_prefix);
+    else if (topic.starts_with(user_topic_prefix)) why = transport_input_->check_delivery(e.body, message_prefix);
+    else why = TransportInvalid::topic;  // node:{id} carries nothing yet
+  }
+  if (why != TransportInvalid::none) {
+    ++metrics_.transport_invalid_total[size_t(why)];
+    return;
+  }
   // One inbound stream per node keeps each publisher's order across
   // topics, so anything not newer than the last seen is a duplicate or was
   // overtaken: delivering it would break at-most-once or per-sender order.
@@ -539,24 +533,26 @@ void Gateway::on_transport_message(std::string_view topic, std::string_view payl
   }
   ++metrics_.transport_received_total;
   if (topic == load_topic) {
-    uint64_t n = 0;
-    for (char c : e.body.substr(0, e.body.find(' '))) n = c >= '0' && c <= '9' ? n * 10 + uint64_t(c - '0') : n;
-    PeerLoad& p = peer_loads_[std::string(node_of(e.origin))];
-    // A report from before the peer fell silent (a partition) or before
-    // clients last moved is no base to judge how steady it is now.
-    const bool same = p.origin == e.origin && p.live && !p.stale;
-    const bool draining = e.body.find(" draining") != std::string_view::npos;
-    const bool began_draining = draining && !(p.origin == e.origin && p.draining);
-    p = PeerLoad{n, now_ms_, same ? p.connections : UINT64_MAX, draining, std::string(e.origin)};
-    if (began_draining) forget_load_history();  // its clients are about to land on us all
+    record_load(e.origin, load);
     return;
   }
   const FrameRef f = FrameRef::encode(Opcode::text, e.body);
   if (topic == broadcast_topic) {
     broadcast(f);
-  } else if (topic.starts_with(user_topic_prefix)) {
-    if (route_to_user(topic.substr(user_topic_prefix.size()), f) == 0) ++metrics_.messages_undeliverable_total;
+  } else if (route_to_user(topic.substr(user_topic_prefix.size()), f) == 0) {
+    ++metrics_.messages_undeliverable_total;
   }
+}
+
+// A peer's load report (or the next one of a peer it already knows).
+void Gateway::record_load(std::string_view origin, const LoadReport& r) {
+  PeerLoad& p = peer_loads_[std::string(node_of(origin))];
+  // A report from before the peer fell silent (a partition) or before
+  // clients last moved is no base to judge how steady it is now.
+  const bool same = p.origin == origin && p.live && !p.stale;
+  const bool began_draining = r.draining && !(p.origin == origin && p.draining);
+  p = PeerLoad{r.connections, now_ms_, same ? p.connections : UINT64_MAX, r.draining, std::string(origin)};
+  if (began_draining) forget_load_history();  // its clients are about to land on us all
 }
 
 void Gateway::on_transport_publish_lost(uint64_t first, uint64_t count, PublishLoss why) {

@@ -198,6 +198,8 @@ std::string check_transport(const ServerOptions& o) {
 
 // Node ids travel in transport envelopes (one line) and JSON.
 std::string check_node_id(const std::string& id) {
+  if (id.size() > max_node_id_bytes)
+    return "node id '" + id.substr(0, 32) + "...' is longer than " + std::to_string(max_node_id_bytes) + " bytes";
   for (unsigned char c : id)
     if (c < 0x21 || c == 0x7F) return "node id '" + id + "' has a space or control character";
   return {};

@@ -183,6 +183,21 @@ void Simulation::check_memory() {
   result_.stats.peak_connections = std::max(result_.stats.peak_connections, total);
 }
 
+// Every message on the bus comes from a node of the cluster, so the
+// nodes' check of transport input (transport_input.hpp) must let all of it
+// in, whatever the faults did to its timing and order.
+void Simulation::check_transport_input() {
+  for (uint32_t n = 0; n < nodes_.size(); ++n) {
+    if (!nodes_[n].up) continue;
+    const Metrics& m = nodes_[n].gw->metrics();
+    for (size_t r = 0; r < size_t(TransportInvalid::count_); ++r)
+      if (m.transport_invalid_total[r] != 0)
+        violate(Invariant::transport_input_genuine,
+                "node n" + std::to_string(n) + " dropped " + std::to_string(m.transport_invalid_total[r]) +
+                    " messages from other nodes as invalid (" + transport_invalid_name(TransportInvalid(r)) + ")");
+  }
+}
+
 // (3) After the last fault, the bus's presence equals the connections the
 // nodes hold, within the bus's TTL (+ a margin), and stays so.
 void Simulation::check_presence() {

@@ -21,7 +21,7 @@ const char* invariant_name(Invariant i) {
   static constexpr const char* names[] = {
       "direct_at_most_once", "direct_in_send_order", "direct_delivered_when_healthy", "broadcast_exactly_once",
       "presence_converges",  "load_balanced",        "rebalance_only_when_needed",    "admission_fair", "memory_bounded",
-      "tables_empty_after_leave",
+      "transport_input_genuine", "tables_empty_after_leave",
   };
   static_assert(sizeof(names) / sizeof(names[0]) == size_t(Invariant::count_));
   return names[size_t(i)];
@@ -240,7 +240,10 @@ void Simulation::begin_phase(Phase p) {
 
 void Simulation::check_periodic() {
   const uint64_t now = sched_.now_ms();
-  if (now % 1000 == 0) check_memory();
+  if (now % 1000 == 0) {
+    check_memory();
+    check_transport_input();
+  }
   if (join_ms_ && result_.stats.join_balanced_ms < 0 && phase_ != Phase::leave) {
     uint64_t most = 0;
     double mean = 0;

@@ -46,6 +46,7 @@ enum class Invariant : uint8_t {
   rebalance_only_when_needed,   // (4') no 4002 move from a node already at the core's target
   admission_fair,               // no 429 for a client under its per-IP limit
   memory_bounded,               // (5)
+  transport_input_genuine,      // no node drops as invalid what another node published
   tables_empty_after_leave,     // (6)
   count_
 };
@@ -253,6 +254,7 @@ class Simulation {
   void check_direct(uint32_t g);
   void check_broadcast(uint32_t b);
   void check_memory();
+  void check_transport_input();
   void check_presence();
   void check_balance(bool final_check);
   bool cluster_balanced(uint64_t& most, double& mean) const;

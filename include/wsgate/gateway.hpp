@@ -38,6 +38,8 @@
 namespace wsgate {
 
 class MessageParser;
+class TransportInput;
+struct LoadReport;
 
 struct CloseRequest {
   ConnId id;
@@ -161,6 +163,7 @@ class Gateway : private TransportSink {
   PublishStatus publish(ConnId from, std::string_view topic, const FrameRef& f, bool direct);
   PublishStatus publish_raw(std::string_view topic, std::string_view body, ConnId from = {}, bool direct = false);
   void on_transport_message(std::string_view topic, std::string_view payload) override;
+  void record_load(std::string_view origin, const LoadReport& r);
   void on_transport_state(TransportState state) override;
   void on_transport_publish_lost(uint64_t first, uint64_t count, PublishLoss why) override;
   void on_transport_publish_unrouted(uint64_t number) override;
@@ -191,6 +194,7 @@ class Gateway : private TransportSink {
   size_t open_count_ = 0;
   uint64_t next_heartbeat_ms_ = 0;
   Transport* transport_;
+  std::unique_ptr<TransportInput> transport_input_;  // with a transport only
   std::string origin_;            // node_id/incarnation
   uint64_t publish_seq_ = 0;
   // Who sent the recent accepted publishes, by publish number, so a publish
