@@ -546,7 +546,21 @@ void Gateway::on_transport_message(std::string_view topic, std::string_view payl
 
 // A peer's load report (or the next one of a peer it already knows).
 void Gateway::record_load(std::string_view origin, const LoadReport& r) {
-  PeerLoad& p = peer_loads_[std::string(node_of(origin))];
+  const std::string_view node = node_of(origin);
+  auto it = peer_loads_.find(node);
+  if (it == peer_loads_.end()) {
+    // Past max_peer_nodes, the peer heard from longest ago makes room. Real
+    // peers report every interval.
+    if (peer_loads_.size() >= config_.limits.max_peer_nodes) {
+      auto oldest = peer_loads_.end();
+      for (auto i = peer_loads_.begin(); i != peer_loads_.end(); ++i)
+        if (i->first != config_.node_id && (oldest == peer_loads_.end() || i->second.reported_ms < oldest->second.reported_ms))
+          oldest = i;
+      if (oldest != peer_loads_.end()) peer_loads_.erase(oldest);
+    }
+    it = peer_loads_.emplace(std::string(node), PeerLoad{}).first;
+  }
+  PeerLoad& p = it->second;
   // A report from before the peer fell silent (a partition) or before
   // clients last moved is no base to judge how steady it is now.
   const bool same = p.origin == origin && p.live && !p.stale;
@@ -666,6 +680,83 @@ std::string Gateway::render_health() const {
   }
   out += '}';
   return out;
+}
+
+// The tables that describe one connection (its slot, its user's list, the
+// dirty and close queues, its outbox) and the cluster tables must agree;
+// if they do not, serving on is worse than stopping. Ordered from cheap to
+// thorough, so a failure names the first thing that went wrong.
+void Gateway::check_invariants(InvariantCheck depth) const {
+  const Limits& l = config_.limits;
+  WSGATE_ASSERT(open_count_ + free_slots_.size() == slots_.size());
+  WSGATE_ASSERT(metrics_.connections_open == open_count_);
+  WSGATE_ASSERT(users_.size() <= open_count_);
+  WSGATE_ASSERT(origins_.size() <= l.max_tracked_origins);
+  WSGATE_ASSERT(peer_loads_.size() <= size_t(l.max_peer_nodes) + 1);  // the peers and this node
+  WSGATE_ASSERT(publish_senders_.size() == publish_senders_max);
+  WSGATE_ASSERT(close_cursor_ == 0 || close_cursor_ < slots_.size());
+  if (depth == InvariantCheck::cheap) return;
+
+  // Per slot: 1 = in dirty_ with its current generation (2: twice), and
+  // 4 = counted in its user's list.
+  std::vector<uint32_t>& seen = check_scratch_;
+  seen.assign(slots_.size(), 0);
+  for (uint32_t i : free_slots_) {
+    WSGATE_ASSERT(i < slots_.size() && slots_[i].state == Slot::State::free);
+    WSGATE_ASSERT(seen[i] == 0);  // listed once
+    seen[i] = 8;
+  }
+  for (ConnId id : dirty_) {
+    WSGATE_ASSERT(id.index < slots_.size());
+    if (slots_[id.index].generation != id.generation) continue;  // closed since: stale, skipped by take_dirty
+    WSGATE_ASSERT(slots_[id.index].state != Slot::State::free && (seen[id.index] & 3) == 0);
+    seen[id.index] |= 1;
+  }
+  for (const CloseRequest& r : closes_) {
+    WSGATE_ASSERT(r.id.index < slots_.size());
+    if (slots_[r.id.index].generation == r.id.generation) WSGATE_ASSERT(slots_[r.id.index].state == Slot::State::closing);
+  }
+  size_t attached = 0;
+  for (const auto& entry : users_) {
+    const User& u = entry.second;
+    WSGATE_ASSERT(u.count > 0 && u.first != no_slot);
+    uint32_t length = 0, prev = no_slot;
+    for (uint32_t i = u.first; i != no_slot && length <= u.count; i = slots_[i].next_of_user, ++length) {
+      WSGATE_ASSERT(i < slots_.size());
+      const Slot& s = slots_[i];
+      WSGATE_ASSERT(s.state != Slot::State::free && s.user == &entry && s.prev_of_user == prev && (seen[i] & 4) == 0);
+      seen[i] |= 4;
+      prev = i;
+    }
+    WSGATE_ASSERT(length == u.count);
+    attached += length;
+  }
+  size_t open = 0, attached_slots = 0;
+  for (uint32_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    WSGATE_ASSERT(s.dirty == ((seen[i] & 1) != 0));
+    if (s.state == Slot::State::free) {
+      WSGATE_ASSERT(seen[i] == 8 && !s.user && !s.dirty && s.out.empty() && s.out.queued_bytes() == 0);
+      WSGATE_ASSERT(s.prev_of_user == no_slot && s.next_of_user == no_slot);
+      continue;
+    }
+    ++open;
+    WSGATE_ASSERT((seen[i] & 8) == 0);
+    // An open connection has a user; one refused its identity is closing.
+    WSGATE_ASSERT(s.user || s.state == Slot::State::closing);
+    WSGATE_ASSERT(!s.user == ((seen[i] & 4) == 0));
+    attached_slots += s.user != nullptr;
+    s.out.check_invariants();
+    // A data frame is queued only within the limit; a close frame (at most
+    // 125 bytes of payload) may go past it.
+    WSGATE_ASSERT(s.out.queued_bytes() <= uint64_t(l.send_queue_max_bytes) + frame_header_max_bytes + 125);
+  }
+  WSGATE_ASSERT(open == open_count_);
+  WSGATE_ASSERT(attached == attached_slots);
+  for (const auto& [node, load] : peer_loads_) {
+    WSGATE_ASSERT(node == node_of(load.origin) && load.connections <= UINT32_MAX);
+    WSGATE_ASSERT(load.previous == UINT64_MAX || load.previous <= UINT32_MAX);
+  }
 }
 
 }  // namespace wsgate

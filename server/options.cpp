@@ -22,7 +22,7 @@ struct LimitFlag {
   const char* help;
 };
 
-constexpr std::array<LimitFlag, 18> limit_flags{{
+constexpr std::array<LimitFlag, 19> limit_flags{{
     {"--max-connections", "WSGATE_MAX_CONNECTIONS", &Limits::max_connections, "connections",
      "established WebSocket connections per node; the next upgrade gets 503"},
     {"--max-connections-per-ip", "WSGATE_MAX_CONNECTIONS_PER_IP", &Limits::max_connections_per_ip,
@@ -59,6 +59,8 @@ constexpr std::array<LimitFlag, 18> limit_flags{{
      "connections/s", "a draining node closes its connections (1001) at most this fast"},
     {"--max-tracked-origins", "WSGATE_MAX_TRACKED_ORIGINS", &Limits::max_tracked_origins, "publishers",
      "cluster: publishers whose last sequence number is kept to drop duplicates"},
+    {"--max-peer-nodes", "WSGATE_MAX_PEER_NODES", &Limits::max_peer_nodes, "nodes",
+     "cluster: nodes whose load reports are kept for rebalancing (the oldest is forgotten past it)"},
 }};
 
 // A field added to Limits without a flag here fails the build.
@@ -226,6 +228,7 @@ std::string explain_inconsistent_limits(const Limits& l) {
   add(l.max_tracked_ips == 0, "max-tracked-ips must be > 0");
   add(l.load_report_interval_ms == 0, "load-report-interval-ms must be > 0");
   add(l.max_tracked_origins == 0, "max-tracked-origins must be > 0");
+  add(l.max_peer_nodes == 0, "max-peer-nodes must be > 0");
   add(l.drain_max_closes_per_s == 0, "drain-max-closes-per-s must be > 0");
   const uint64_t need = uint64_t(l.max_message_bytes) + 64 + uint64_t(l.max_user_id_bytes) * json_escape_expansion;
   if (uint64_t(l.send_queue_max_bytes) < need) {

@@ -152,6 +152,7 @@ void Simulation::service(uint32_t n) {
     node.published_seen = fc.published;
     poll_all_soon();
   }
+  check_core(n);
   if (node.draining && gw.connection_count() == 0) exit_drained_node(n);
 }
 

@@ -144,6 +144,7 @@ class Simulation {
     uint64_t refused_seen = 0;     // publish refusals already accounted
     uint64_t published_seen = 0;   // publishes already announced to the pollers
     uint64_t crashed_at_ms = 0;
+    uint32_t events_since_full_check = 0;
     uint32_t crash_orphans = 0;    // its clients not yet reconnected after a crash
     std::vector<uint32_t> slow_slots;  // slots with bytes a slow reader left
   };
@@ -254,6 +255,7 @@ class Simulation {
   void check_direct(uint32_t g);
   void check_broadcast(uint32_t b);
   void check_memory();
+  void check_core(uint32_t n);
   void check_transport_input();
   void check_presence();
   void check_balance(bool final_check);

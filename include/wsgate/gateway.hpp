@@ -145,7 +145,16 @@ class Gateway : private TransportSink {
   }
   size_t tracked_origins() const { return origins_.size(); }
 
+  // Asserts (WSGATE_ASSERT, on in release builds) that the core's tables
+  // agree with each other: every slot, user list, dirty flag, pending
+  // close, outbox and cluster table. `full` walks every connection
+  // (O(connections)); `cheap` checks only what costs O(1). The simulator
+  // calls it after every event; a breach stops the process.
+  enum class InvariantCheck : uint8_t { cheap, full };
+  void check_invariants(InvariantCheck depth = InvariantCheck::full) const;
+
  private:
+  friend struct GatewayInternals;  // tests/unit: plants bugs that check_invariants must catch
   struct Slot;
   struct User;
   using UserMap = std::unordered_map<std::string, User, StringHash, std::equal_to<>>;
@@ -219,6 +228,7 @@ class Gateway : private TransportSink {
   uint64_t next_drain_ms_ = 0;
   bool draining_ = false;
   uint32_t close_cursor_ = 0;
+  mutable std::vector<uint32_t> check_scratch_;  // check_invariants: per slot, no allocation per call
   std::string topic_scratch_;     // reused: no allocation per publish
   std::string envelope_scratch_;
   FrameRef ping_frame_;

@@ -52,6 +52,10 @@ struct Limits {
   // Publishers (node incarnations) whose last sequence number is kept to
   // drop duplicated or reordered transport messages.
   uint32_t max_tracked_origins = 1024;
+  // Nodes whose load reports are kept for rebalancing; past it, the one
+  // heard from longest ago is forgotten (a flood of forged reports cannot
+  // grow memory).
+  uint32_t max_peer_nodes = 1024;
 };
 
 // Frames and outboxes carry payload sizes in 32 bits.
@@ -82,7 +86,7 @@ constexpr bool limits_are_consistent(const Limits& l) {
   return l.max_connections > 0 && l.max_message_bytes > 0 &&
          l.heartbeat_interval_ms > 0 && l.idle_timeout_ms >= l.heartbeat_interval_ms &&
          l.ip_window_ms > 0 && l.max_header_bytes >= 256 && l.max_tracked_ips > 0 &&
-         l.load_report_interval_ms > 0 && l.max_tracked_origins > 0 && l.drain_max_closes_per_s > 0 &&
+         l.load_report_interval_ms > 0 && l.max_tracked_origins > 0 && l.max_peer_nodes > 0 && l.drain_max_closes_per_s > 0 &&
          // one largest reply must fit in a queue, or nothing could be sent
          uint64_t(l.send_queue_max_bytes) >= max_delivery_bytes(l);
 }
