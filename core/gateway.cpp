@@ -22,7 +22,12 @@ constexpr std::string_view user_topic_prefix = "user:";
 constexpr std::string_view node_topic_prefix = "node:";
 constexpr std::string_view broadcast_topic = "broadcast";
 constexpr std::string_view load_topic = "load";
+// A drain closes a batch every step; below 10 closes/s a step is one
+// close, spaced 1000/rate ms, so the pace holds for any rate.
 constexpr uint64_t drain_step_ms = 100;
+uint64_t drain_interval_ms(uint32_t closes_per_s) {
+  return closes_per_s >= 1000 / drain_step_ms ? drain_step_ms : 1000 / std::max<uint32_t>(1, closes_per_s);
+}
 
 std::string hex(uint64_t v) {
   static constexpr char digits[] = "0123456789abcdef";
@@ -61,6 +66,7 @@ struct Gateway::Slot {
   uint32_t next_of_user = no_slot;
   UserMap::value_type* user = nullptr;  // map nodes are stable
   uint64_t last_seen_ms = 0;
+  uint64_t driver_tag = 0;
   Outbox out;
 };
 
@@ -69,6 +75,7 @@ Gateway::Gateway(GatewayConfig config, Transport* transport)
       admission_(config_.limits),
       parser_(std::make_unique<MessageParser>(config_.limits.max_message_bytes)),
       transport_(transport),
+      publish_senders_(config_.limits.max_tracked_publishes),
       ping_frame_(FrameRef::encode(Opcode::ping, {})),
       pong_frame_(FrameRef::encode(Opcode::text, R"({"type":"pong"})")) {
   WSGATE_ASSERT(limits_are_consistent(config_.limits));
@@ -97,6 +104,11 @@ const Gateway::Slot* Gateway::slot(ConnId id) const { return const_cast<Gateway*
 
 bool Gateway::is_open(ConnId id) const { return slot(id) != nullptr; }
 
+uint64_t Gateway::driver_tag(ConnId id) const {
+  const Slot* s = slot(id);
+  return s ? s->driver_tag : no_driver_tag;
+}
+
 bool Gateway::is_closing(ConnId id) const {
   const Slot* s = slot(id);
   return s && s->state == Slot::State::closing;
@@ -118,7 +130,7 @@ Admission Gateway::handle_upgrade_request(std::string_view ip, uint64_t now_ms) 
   return admission_.admit(ip, open_count_, now_ms);
 }
 
-ConnId Gateway::handle_open(std::string_view user_id, uint64_t now_ms) {
+ConnId Gateway::handle_open(std::string_view user_id, uint64_t now_ms, uint64_t driver_tag) {
   uint32_t index;
   if (!free_slots_.empty()) {
     index = free_slots_.back();
@@ -132,6 +144,7 @@ ConnId Gateway::handle_open(std::string_view user_id, uint64_t now_ms) {
   WSGATE_ASSERT(s.state == Slot::State::free && s.out.empty() && !s.user);
   s.state = Slot::State::open;
   s.last_seen_ms = now_ms;
+  s.driver_tag = driver_tag;
   const ConnId id{index, s.generation};
   ++open_count_;
   ++metrics_.connections_open;
@@ -282,21 +295,27 @@ void Gateway::handle_tick(uint64_t now_ms) {
   }
   if (draining_ && now_ms >= next_drain_ms_) {
     drain_some(now_ms);
-    next_drain_ms_ = now_ms + drain_step_ms;
+    next_drain_ms_ = now_ms + drain_interval_ms(config_.limits.drain_max_closes_per_s);
   }
 }
 
 uint64_t Gateway::next_tick_ms() const {
   uint64_t t = next_heartbeat_ms_;
   if (transport_) t = std::min(t, next_load_report_ms_);
-  if (draining_) t = std::min(t, next_drain_ms_);
+  if (draining_ && open_count_ > 0) {
+    t = std::min(t, next_drain_ms_);
+    // Wake the driver at the deadline too (once: past it, it is the
+    // driver's move, not a reason to spin).
+    if (drain_deadline_ms_ > now_ms_) t = std::min(t, drain_deadline_ms_);
+  }
   return t;
 }
 
-void Gateway::handle_drain(uint64_t now_ms) {
+void Gateway::handle_drain(uint64_t now_ms, uint64_t deadline_ms) {
   if (draining_) return;
   draining_ = true;
   next_drain_ms_ = now_ms;
+  drain_deadline_ms_ = deadline_ms;
   // Say so at once, not at the next report: until the others know, they
   // count our last (not draining) report in their mean, and a node that
   // drains fast has exited before that report would go out.
@@ -304,8 +323,15 @@ void Gateway::handle_drain(uint64_t now_ms) {
   handle_tick(now_ms);
 }
 
+DrainStatus Gateway::drain_status(uint64_t now_ms) const {
+  if (!draining_) return DrainStatus::none;
+  if (open_count_ == 0) return DrainStatus::complete;
+  return now_ms >= drain_deadline_ms_ ? DrainStatus::overdue : DrainStatus::in_progress;
+}
+
 void Gateway::drain_some(uint64_t) {
-  const size_t budget = std::max<size_t>(1, config_.limits.drain_max_closes_per_s * drain_step_ms / 1000);
+  const uint32_t rate = config_.limits.drain_max_closes_per_s;
+  const size_t budget = std::max<uint64_t>(1, uint64_t(rate) * drain_interval_ms(rate) / 1000);
   metrics_.drain_closes_total += close_some(budget, CloseCode::going_away, "node draining");
 }
 
@@ -491,7 +517,7 @@ PublishStatus Gateway::publish_raw(std::string_view topic, std::string_view body
   if (st == PublishStatus::accepted || st == PublishStatus::no_subscribers) {
     ++metrics_.transport_published_total;
     ++publishes_accepted_;
-    publish_senders_[publishes_accepted_ % publish_senders_max] = PublishSender{publishes_accepted_, from, direct};
+    publish_sender(publishes_accepted_) = PublishSender{publishes_accepted_, from, direct};
   }
   return st;
 }
@@ -572,7 +598,7 @@ void Gateway::record_load(std::string_view origin, const LoadReport& r) {
 void Gateway::on_transport_publish_lost(uint64_t first, uint64_t count, PublishLoss why) {
   for (uint64_t n = first; n < first + count; ++n) {
     ++metrics_.transport_publish_lost_total;
-    const PublishSender& p = publish_senders_[n % publish_senders_max];
+    const PublishSender& p = publish_sender(n);
     if (p.number != n || !p.from.valid()) continue;
     send_error(p.from, why == PublishLoss::connection_lost
                            ? "Not delivered to other nodes: transport connection lost"
@@ -582,7 +608,7 @@ void Gateway::on_transport_publish_lost(uint64_t first, uint64_t count, PublishL
 
 // Redis's own count says no node (this one included) holds the target.
 void Gateway::on_transport_publish_unrouted(uint64_t number) {
-  const PublishSender& p = publish_senders_[number % publish_senders_max];
+  const PublishSender& p = publish_sender(number);
   if (p.number == number && p.direct) ++metrics_.messages_undeliverable_total;
 }
 
@@ -672,6 +698,9 @@ std::string Gateway::render_health() const {
   append_json_string(out, config_.node_id);
   out += R"(,"connections":)";
   out += std::to_string(open_count_);
+  // Still "ok" (a liveness probe must not kill a node that drains); a
+  // readiness check or a load balancer reads this.
+  if (draining_) out += R"(,"draining":true)";
   if (transport_) {
     out += R"(,"transport":)";
     append_json_string(out, transport_->name());
@@ -693,7 +722,7 @@ void Gateway::check_invariants(InvariantCheck depth) const {
   WSGATE_ASSERT(users_.size() <= open_count_);
   WSGATE_ASSERT(origins_.size() <= l.max_tracked_origins);
   WSGATE_ASSERT(peer_loads_.size() <= size_t(l.max_peer_nodes) + 1);  // the peers and this node
-  WSGATE_ASSERT(publish_senders_.size() == publish_senders_max);
+  WSGATE_ASSERT(publish_senders_.size() == l.max_tracked_publishes);
   WSGATE_ASSERT(close_cursor_ == 0 || close_cursor_ < slots_.size());
   if (depth == InvariantCheck::cheap) return;
 

@@ -15,7 +15,10 @@
 //
 // Completions are routed by an explicit user_data (user_data.hpp); socket
 // slots live in a SocketTable; received bytes come from a provided-buffer
-// ring, so an idle connection owns no receive buffer.
+// ring, so an idle connection owns no receive buffer. A connection's state
+// has one home per side: the socket holds the core's ConnId, and the core
+// holds the socket's {index, generation} as its driver tag (socket_of), so
+// there is no map between the two to keep in step.
 #include <liburing.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -38,6 +41,7 @@
 #include "wsgate/gateway.hpp"
 #include "wsgate/handshake.hpp"
 #include "local_transport.hpp"
+#include "shm_bus.hpp"
 
 namespace wsgate::server {
 
@@ -78,8 +82,12 @@ class EventLoop final : private RedisIo {
   };
 
   // --- the ring -------------------------------------------------------------
+  // Never fails under load: a full queue is submitted; if the kernel
+  // refuses (EBUSY/EAGAIN: its completion queue is backed up), completions
+  // are moved aside (deferred_cqes_) to make room, and it is tried again.
   io_uring_sqe* get_sqe();
   void submit_now();
+  void defer_completions();
   void wait_for_completions();
   void process_completions();
   void handle_completion(const io_uring_cqe& cqe);
@@ -101,6 +109,9 @@ class EventLoop final : private RedisIo {
 
   // --- HTTP phase (event_loop_http.cpp) -------------------------------------
   void handle_http_bytes(Socket& s, uint32_t index, const uint8_t* data, size_t n);
+  // At --max-pending-handshakes, the oldest socket not yet upgraded is
+  // closed to make room for the new one.
+  void evict_oldest_handshake();
   void handle_request(Socket& s, uint32_t index, const RequestHead& head);
   void upgrade(Socket& s, uint32_t index, const RequestHead& head);
   std::string client_ip(const Socket& s, const RequestHead& head) const;
@@ -111,6 +122,7 @@ class EventLoop final : private RedisIo {
   // --- the transport (event_loop_transport.cpp) -----------------------------
   std::unique_ptr<Transport> make_transport();
   uint64_t next_transport_deadline_ms() const;
+  std::string render_shm_metrics(const std::string& label) const;
   // RedisIo: the Redis transport's two TCP links, on this ring.
   void redis_connect(RedisLink link) override;
   void redis_want_write(RedisLink link) override;
@@ -147,10 +159,20 @@ class EventLoop final : private RedisIo {
   // freed (and the core told) once every completion is in.
   void teardown(Socket& s, uint32_t index);
   void maybe_release(Socket& s, uint32_t index);
-  uint32_t socket_of(ConnId id) const;
+  // The socket of a core connection, or no_socket if either is gone.
+  uint32_t socket_of(ConnId id);
+  // A socket slot as the tag the core keeps per connection, and back.
+  static uint64_t socket_tag(uint32_t index, uint32_t generation) { return uint64_t(generation) << 32 | index; }
+  static SlotRef slot_of_tag(uint64_t tag) { return {uint32_t(tag), uint32_t(tag >> 32)}; }
 
   // --- shutdown -------------------------------------------------------------
+  // SIGTERM/SIGINT starts the core's drain (Gateway::handle_drain): upgrades
+  // get 503, HTTP is still answered, connections close with 1001 at
+  // drain_max_closes_per_s. follow_drain() acts on Gateway::drain_status():
+  // stop when empty, cut the rest at the shutdown deadline.
   void begin_shutdown(uint32_t signo);
+  void follow_drain();
+  void stop_serving();
   void close_listener();
   void force_close_all();
   bool finished() const;
@@ -160,6 +182,8 @@ class EventLoop final : private RedisIo {
   // Before gateway_, which holds a pointer to the transport.
   std::unique_ptr<LocalBus> local_bus_;
   RedisTransport* redis_ = nullptr;  // transport_, when it is Redis
+  ShmTransport* shm_ = nullptr;      // transport_, when it is shm
+  std::string transport_error_;      // the transport could not be set up
   bool transport_polls_ = false;     // shm: no fd to wake on, so poll often
   std::unique_ptr<Transport> transport_;
   Gateway gateway_;
@@ -178,7 +202,6 @@ class EventLoop final : private RedisIo {
   uint64_t accept_retry_at_ms_ = 0;
   uint64_t last_accept_error_log_ms_ = 0;
 
-  std::vector<uint32_t> conn_to_socket_;  // core ConnId index -> socket index
   std::vector<SlotRef> pending_writes_;
   std::vector<SlotRef> rearm_;
   // Every handshake (and every close) waits the same time, so deadlines are
@@ -187,8 +210,17 @@ class EventLoop final : private RedisIo {
   std::deque<Deadline> close_deadlines_;
   std::vector<std::unique_ptr<SendScratch>> scratch_;
   size_t scratch_used_ = 0;
+  // Completions taken off the ring to make room for submissions, handled
+  // (first) by the next process_completions().
+  std::deque<io_uring_cqe> deferred_cqes_;
+  uint64_t sq_full_total_ = 0;       // get_sqe found the queue full and submitted
+  uint64_t sq_busy_total_ = 0;       // the kernel refused a submission; retried
+  uint32_t http_sockets_ = 0;        // sockets in Phase::http (pending handshakes)
+  uint64_t handshakes_evicted_total_ = 0;
 
-  bool shutting_down_ = false;
+  bool shutting_down_ = false;  // draining
+  bool stopping_ = false;       // drained (or cut): no more accepts, exit soon
+  uint64_t stopped_at_ms_ = 0;
   bool shutdown_forced_ = false;
   uint64_t shutdown_deadline_ms_ = 0;
   uint64_t recv_buffers_exhausted_total_ = 0;

@@ -73,13 +73,17 @@ void Simulation::crash_node(uint32_t n) {
     sched_.after(chaos_rng_.between(500, 4000), EventKind::node_restart, n, node.life);
 }
 
-// A drained node has closed every connection: it exits cleanly (leaving
-// the bus at once) and comes back as a new incarnation, as in a rolling
-// deploy.
+// A drained node exits (leaving the bus at once) and comes back as a new
+// incarnation, as in a rolling deploy. Normally every connection is closed
+// by then; past the shutdown deadline the rest are cut without a close
+// handshake, as the server does, and their clients reconnect.
 void Simulation::exit_drained_node(uint32_t n) {
   Node& node = nodes_[n];
   trace_.record(sched_.now_ms(), TraceKind::drained_exit, n);
   harvest_metrics(node);
+  std::vector<uint32_t> cut;
+  for (Conn& cn : node.conns)
+    if (cn.live && cn.client != none && !cn.zombie) cut.push_back(cn.client);
   node.gw.reset();
   node.bus.reset();
   node.inner.reset();
@@ -88,6 +92,8 @@ void Simulation::exit_drained_node(uint32_t n) {
   node.conns.clear();
   mark_unhealthy(n);
   sched_.after(chaos_rng_.between(500, 3000), EventKind::node_restart, n, node.life);
+  result_.stats.drain_cut += cut.size();
+  for (uint32_t c : cut) lost_connection(c, backoff_ms(0));
 }
 
 void Simulation::harvest_metrics(Node& node) {
@@ -153,7 +159,10 @@ void Simulation::service(uint32_t n) {
     poll_all_soon();
   }
   check_core(n);
-  if (node.draining && gw.connection_count() == 0) exit_drained_node(n);
+  // The server's decision, from the same core call: exit once empty, or
+  // once the shutdown deadline has passed.
+  const DrainStatus drain = gw.drain_status(now);
+  if (drain == DrainStatus::complete || drain == DrainStatus::overdue) exit_drained_node(n);
 }
 
 // Writes a connection's outbox: all of it to a healthy reader, a trickle to

@@ -70,6 +70,11 @@ struct PeerLoad {
   bool stale = false;
 };
 
+// Where a drain stands, for the driver to act on: keep serving (none,
+// in_progress), exit (complete: every connection is gone), or close what
+// is left without a handshake and exit (overdue: the deadline passed).
+enum class DrainStatus : uint8_t { none, in_progress, complete, overdue };
+
 class Gateway : private TransportSink {
  public:
   // transport may be null (a standalone node); it must outlive the Gateway,
@@ -88,7 +93,10 @@ class Gateway : private TransportSink {
   // The upgrade completed. An empty user_id means the identity is missing:
   // the connection is opened and a close 4001 is requested at once, as the
   // protocol says. Never fails: admission was decided before.
-  ConnId handle_open(std::string_view user_id, uint64_t now_ms);
+  // driver_tag: the driver's own handle for this connection (the server's
+  // socket slot), kept for it and read back with driver_tag(id), so the
+  // driver needs no map of its own from ConnId to its state.
+  ConnId handle_open(std::string_view user_id, uint64_t now_ms, uint64_t driver_tag = 0);
 
   // A complete text message (wslay reassembled it and checked UTF-8).
   void handle_text(ConnId id, std::string_view payload, uint64_t now_ms);
@@ -104,7 +112,10 @@ class Gateway : private TransportSink {
   void handle_tick(uint64_t now_ms);
   // Graceful drain: refuse new upgrades (503) and close every connection
   // with 1001 at drain_max_closes_per_s, so clients reconnect elsewhere.
-  void handle_drain(uint64_t now_ms);
+  // deadline_ms: when the driver stops waiting for the rest (the server's
+  // --shutdown-timeout-ms); drain_status() says when that is. Every driver
+  // (server on SIGTERM, simulator) runs the drain through these two calls.
+  void handle_drain(uint64_t now_ms, uint64_t deadline_ms = UINT64_MAX);
 
   // --- effects ------------------------------------------------------------
 
@@ -128,6 +139,10 @@ class Gateway : private TransportSink {
   // --- state --------------------------------------------------------------
 
   bool is_open(ConnId id) const;
+  // The tag handle_open was given; no_driver_tag if id is stale (closed
+  // since, or never opened).
+  static constexpr uint64_t no_driver_tag = UINT64_MAX;
+  uint64_t driver_tag(ConnId id) const;
   // True once a close was requested for this connection.
   bool is_closing(ConnId id) const;
   std::string_view user_of(ConnId id) const;
@@ -139,6 +154,7 @@ class Gateway : private TransportSink {
   const Metrics& metrics() const { return metrics_; }
   std::string render_health() const;
   bool is_draining() const { return draining_; }
+  DrainStatus drain_status(uint64_t now_ms) const;
   // The cluster as this node sees it from load reports (itself included).
   const std::unordered_map<std::string, PeerLoad, StringHash, std::equal_to<>>& peer_loads() const {
     return peer_loads_;
@@ -208,14 +224,15 @@ class Gateway : private TransportSink {
   uint64_t publish_seq_ = 0;
   // Who sent the recent accepted publishes, by publish number, so a publish
   // the transport later reports lost is reported to its sender. A ring: a
-  // loss reported after publish_senders_max newer publishes is counted only.
-  static constexpr size_t publish_senders_max = 4096;
+  // loss reported after Limits::max_tracked_publishes newer publishes is
+  // counted only.
   struct PublishSender {
     uint64_t number = 0;
     ConnId from;
     bool direct = false;  // a send_message (not a broadcast or a report)
   };
-  std::vector<PublishSender> publish_senders_ = std::vector<PublishSender>(publish_senders_max);
+  std::vector<PublishSender> publish_senders_;  // max_tracked_publishes of them
+  PublishSender& publish_sender(uint64_t number) { return publish_senders_[number % publish_senders_.size()]; }
   uint64_t publishes_accepted_ = 0;
   struct OriginState {
     uint64_t last_seq;
@@ -226,6 +243,7 @@ class Gateway : private TransportSink {
   uint64_t now_ms_ = 0;           // latest time seen in an event
   uint64_t next_load_report_ms_ = 0;
   uint64_t next_drain_ms_ = 0;
+  uint64_t drain_deadline_ms_ = UINT64_MAX;
   bool draining_ = false;
   uint32_t close_cursor_ = 0;
   mutable std::vector<uint32_t> check_scratch_;  // check_invariants: per slot, no allocation per call

@@ -183,14 +183,17 @@ class LosingTransport final : public Transport {
   }
   void set_presence(std::string_view u, uint32_t n) override { inner_.set_presence(u, n); }
   size_t poll(uint64_t now_ms) override {
-    if (lose_from) sink_->on_transport_publish_lost(lose_from, accepted - lose_from + 1, PublishLoss::connection_lost);
+    if (lose_from)
+      sink_->on_transport_publish_lost(lose_from, lose_count ? lose_count : accepted - lose_from + 1,
+                                       PublishLoss::connection_lost);
     if (unrouted) sink_->on_transport_publish_unrouted(unrouted);
-    lose_from = unrouted = 0;
+    lose_from = unrouted = lose_count = 0;
     return inner_.poll(now_ms);
   }
   TransportState state() const override { return inner_.state(); }
   uint64_t accepted = 0;
   uint64_t lose_from = 0;
+  uint64_t lose_count = 0;  // 0: up to the last accepted
   uint64_t unrouted = 0;
 
  private:
@@ -210,6 +213,54 @@ TEST_F(Cluster, PublishReportedLostLaterIsReportedToItsSender) {
   EXPECT_EQ(texts(a, alice), Texts{R"({"type":"error","message":"Not delivered to other nodes: transport connection lost"})"});
   EXPECT_TRUE(texts(a, other).empty());
   EXPECT_EQ(a.metrics().transport_publish_lost_total, 1u);
+}
+
+// The sender of a publish is remembered for max_tracked_publishes newer
+// publishes. A loss reported later is counted, and told to nobody: the ring
+// slot now names a newer publish and maybe another sender.
+TEST_F(Cluster, ALossReportedAfterTheSenderRingWrappedIsCountedOnly) {
+  LocalTransport inner(bus, "A");
+  LosingTransport losing(inner);
+  Limits limits;
+  limits.max_tracked_publishes = 4;
+  Gateway a(GatewayConfig{"A", 1, limits}, &losing);
+  ConnId alice = a.handle_open("alice", now);
+  ConnId bob = a.handle_open("bob", now);
+  a.handle_text(alice, R"({"type":"send_message","target_user":"zed","content":1})", now);
+  const uint64_t alices = losing.accepted;
+  for (int i = 0; i < 4; ++i) a.handle_text(bob, R"({"type":"send_message","target_user":"zed","content":2})", now);
+  // alice's publish is reported lost after four newer ones took the ring.
+  losing.lose_from = alices;
+  losing.lose_count = 1;
+  losing.poll(now);
+  EXPECT_TRUE(texts(a, alice).empty()) << "no error for a publish no longer tracked";
+  EXPECT_TRUE(texts(a, bob).empty()) << "nor to the sender now in its ring slot";
+  EXPECT_EQ(a.metrics().transport_publish_lost_total, 1u);
+  // Inside the ring, the sender is told.
+  losing.lose_from = losing.accepted;
+  losing.lose_count = 1;
+  losing.poll(now);
+  EXPECT_EQ(texts(a, bob), Texts{R"({"type":"error","message":"Not delivered to other nodes: transport connection lost"})"});
+  EXPECT_EQ(a.metrics().transport_publish_lost_total, 2u);
+}
+
+// A node's own bus queue full (nothing polled it): the sender is told, and
+// local delivery still happens.
+TEST_F(Cluster, AFullBusQueueIsReportedToTheSender) {
+  LocalBusOptions o;
+  o.inbound_queue_max_messages = 2;
+  LocalBus small(o);
+  LocalTransport t(small, "A");
+  Gateway a(GatewayConfig{"A", 1, {}}, &t);
+  ConnId alice = a.handle_open("alice", now);
+  ConnId bob = a.handle_open("bob", now);
+  for (int i = 0; i < 3; ++i) a.handle_text(alice, R"({"type":"broadcast","content":1})", now);
+  const Texts errors = texts(a, alice);
+  ASSERT_FALSE(errors.empty());
+  EXPECT_EQ(errors.back(), R"({"type":"error","message":"Not delivered to other nodes: transport busy, retry"})");
+  EXPECT_EQ(texts(a, bob).size(), 3u) << "local delivery does not depend on the bus";
+  EXPECT_EQ(a.metrics().transport_publish_failed_total, 1u);
+  EXPECT_EQ(small.counters().backpressure, 1u);
 }
 
 TEST_F(Cluster, ADirectMessageThatReachedNoNodeIsCountedUndeliverable) {
@@ -350,6 +401,68 @@ TEST_F(Cluster, DrainingNodeRefusesUpgradesAndClosesEveryoneAtItsRate) {
   auto rest = a.gateway.take_closes();
   EXPECT_EQ(rest.size(), 15u);
   for (auto& c : rest) EXPECT_EQ(c.code, CloseCode::going_away);
+}
+
+// The decision every driver (server on SIGTERM, simulator) acts on: keep
+// going while connections close at the pace, exit when empty, or cut the
+// rest once the deadline has passed.
+TEST_F(Cluster, DrainStatusSaysWhenToExitAndTheDeadlineWakesTheDriver) {
+  Limits l;
+  l.drain_max_closes_per_s = 100;  // 10 per 100 ms step
+  Node& a = add("A", l);
+  EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::none);
+  std::vector<ConnId> ids;
+  for (int i = 0; i < 25; ++i) ids.push_back(a.gateway.handle_open("u" + std::to_string(i), now));
+  const uint64_t start = now;
+  a.gateway.handle_drain(now, start + 250);
+  EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::in_progress);
+  EXPECT_NE(a.gateway.render_health().find(R"("status":"ok")"), std::string::npos);
+  EXPECT_NE(a.gateway.render_health().find(R"("draining":true)"), std::string::npos);
+  // Every closed socket is reported back; the status follows the count.
+  for (const CloseRequest& c : a.gateway.take_closes()) a.gateway.handle_closed(c.id);
+  EXPECT_EQ(a.gateway.connection_count(), 15u);
+  now += 100;
+  a.gateway.handle_tick(now);
+  for (const CloseRequest& c : a.gateway.take_closes()) a.gateway.handle_closed(c.id);
+  EXPECT_EQ(a.gateway.connection_count(), 5u);
+  EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::in_progress);
+  // The deadline (start + 250) comes before the next step (start + 300):
+  // the driver is woken for it, and then it is overdue.
+  EXPECT_EQ(a.gateway.next_tick_ms(), start + 200);
+  now += 100;
+  a.gateway.handle_tick(now);
+  EXPECT_EQ(a.gateway.take_closes().size(), 5u);  // asked, not yet closed
+  EXPECT_EQ(a.gateway.next_tick_ms(), start + 250);
+  now = start + 250;
+  a.gateway.handle_tick(now);
+  EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::overdue);
+  EXPECT_GT(a.gateway.next_tick_ms(), now);  // past the deadline: no spinning
+  for (ConnId id : ids)
+    if (a.gateway.is_open(id)) a.gateway.handle_closed(id);
+  EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::complete);
+}
+
+TEST_F(Cluster, SlowDrainRateIsHeldBelowTenPerSecond) {
+  Limits l;
+  l.drain_max_closes_per_s = 2;  // one close every 500 ms
+  Node& a = add("A", l);
+  for (int i = 0; i < 10; ++i) a.gateway.handle_open("u" + std::to_string(i), now);
+  const uint64_t start = now;
+  a.gateway.handle_drain(now, start + 60000);
+  size_t closed = a.gateway.take_closes().size();
+  EXPECT_EQ(closed, 1u);
+  for (int step = 0; step < 100 && now < start + 2000; ++step) {  // 2 s: the first close plus 4 more
+    now = std::min(a.gateway.next_tick_ms(), start + 2000);
+    a.gateway.handle_tick(now);
+    closed += a.gateway.take_closes().size();
+  }
+  EXPECT_EQ(closed, 5u);
+}
+
+TEST_F(Cluster, EmptyNodeDrainsAtOnce) {
+  Node& a = add("A");
+  a.gateway.handle_drain(now, now + 5000);
+  EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::complete);
 }
 
 }  // namespace
