@@ -6,6 +6,7 @@
 
 #include "wsgate/json_escape.hpp"
 #include "wsgate/protocol.hpp"
+#include "wsgate/transport_input.hpp"
 
 #include <simdjson.h>
 
@@ -34,28 +35,6 @@ std::string hex(uint64_t v) {
   std::string out(16, '0');
   for (int i = 15; i >= 0; --i, v >>= 4) out[size_t(i)] = digits[v & 0xF];
   return out;
-}
-
-// Envelope of every transport message: "{origin}\n{sequence}\n{body}".
-struct Envelope {
-  std::string_view origin;  // node_id/incarnation
-  uint64_t seq = 0;
-  std::string_view body;
-};
-
-bool parse_envelope(std::string_view p, Envelope& e) {
-  const size_t a = p.find('\n');
-  if (a == std::string_view::npos) return false;
-  const size_t b = p.find('\n', a + 1);
-  if (b == std::string_view::npos || b == a + 1) return false;
-  e.origin = p.substr(0, a);
-  e.seq = 0;
-  for (char c : p.substr(a + 1, b - a - 1)) {
-    if (c < '0' || c > '9') return false;
-    e.seq = e.seq * 10 + uint64_t(c - '0');
-  }
-  e.body = p.substr(b + 1);
-  return true;
 }
 
 std::string_view node_of(std::string_view origin) { return origin.substr(0, origin.rfind('/')); }
@@ -113,9 +92,10 @@ Gateway::Gateway(GatewayConfig config, Transport* transport)
   rate_error_bytes_ = "Rate limit exceeded: at most " + std::to_string(l.client_max_bytes_per_s) +
                       " bytes/s (burst " + std::to_string(l.client_burst_bytes) + "); message dropped";
   WSGATE_ASSERT(limits_are_consistent(config_.limits));
-  WSGATE_ASSERT(config_.node_id.find('\n') == std::string::npos);
+  WSGATE_ASSERT(node_id_is_valid(config_.node_id));
   origin_ = config_.node_id + "/" + hex(config_.incarnation);
   if (transport_) {
+    transport_input_ = std::make_unique<TransportInput>(config_.limits);
     // A transport reports changes only: start from where it is now.
     metrics_.transport_connected = transport_->state() == TransportState::connected;
     transport_->set_sink(this);
@@ -351,7 +331,7 @@ void Gateway::handle_tick(uint64_t now_ms) {
     // them is going stale: no report, no rebalancing.
     if (transport_->state() == TransportState::connected) {
       report_load(now_ms);
-      rebalance(now_ms);
+      rebalance();
     }
     next_load_report_ms_ = now_ms + config_.limits.load_report_interval_ms;
   }
@@ -378,6 +358,10 @@ void Gateway::handle_drain(uint64_t now_ms, uint64_t deadline_ms) {
   draining_ = true;
   next_drain_ms_ = now_ms;
   drain_deadline_ms_ = deadline_ms;
+  // Say so at once, not at the next report: until the others know, they
+  // count our last (not draining) report in their mean, and a node that
+  // drains fast has exited before that report would go out.
+  next_load_report_ms_ = now_ms;
   handle_tick(now_ms);
 }
 
@@ -399,17 +383,33 @@ void Gateway::report_load(uint64_t now_ms) {
   PeerLoad& self = peer_loads_[config_.node_id];
   self = PeerLoad{open_count_, now_ms, self.reported_ms ? self.connections : UINT64_MAX, draining_, origin_};
   publish_raw(load_topic, std::to_string(open_count_) + (draining_ ? " draining" : ""));
+  age_peer_loads(now_ms);
+}
+
+// A peer that stopped reporting has crashed (its clients are landing on the
+// rest of us) or is cut off (it keeps them, and we no longer see them):
+// either way the reports we hold no longer add up to the cluster, so the
+// picture must settle again before anyone moves. Long silent peers are
+// forgotten.
+void Gateway::age_peer_loads(uint64_t now_ms) {
+  const uint64_t live_ms = 3ull * config_.limits.load_report_interval_ms;
   const uint64_t forget_ms = 10ull * config_.limits.load_report_interval_ms;
+  bool fell_silent = false;
+  for (auto& [node, load] : peer_loads_) {
+    const bool live = now_ms - load.reported_ms <= live_ms;
+    fell_silent |= load.live && !live;
+    load.live = live;
+  }
+  if (fell_silent) forget_load_history();
   std::erase_if(peer_loads_, [&](const auto& kv) { return now_ms - kv.second.reported_ms > forget_ms; });
 }
 
-void Gateway::rebalance(uint64_t now_ms) {
+void Gateway::rebalance() {
   const Limits& l = config_.limits;
   if (l.rebalance_max_moves_per_s == 0 || draining_) return;
-  const uint64_t live_ms = 3ull * l.load_report_interval_ms;
   uint64_t total = 0, nodes = 0;
   for (const auto& [node, load] : peer_loads_)
-    if (now_ms - load.reported_ms <= live_ms && !load.draining) {
+    if (load.live && !load.draining) {
       total += load.connections;
       ++nodes;
     }
@@ -423,7 +423,7 @@ void Gateway::rebalance(uint64_t now_ms) {
   // by at most half the band since.
   const double steady = std::max(1.0, mean * l.rebalance_tolerance_pct / 200.0);
   for (const auto& [node, load] : peer_loads_) {
-    if (now_ms - load.reported_ms > live_ms || load.draining) continue;
+    if (!load.live || load.draining) continue;
     if (load.previous == UINT64_MAX) return;
     const double delta = double(load.connections) - double(load.previous);
     if (delta > steady || -delta > steady) return;
@@ -435,7 +435,23 @@ void Gateway::rebalance(uint64_t now_ms) {
   const double target = mean * (1.0 + l.rebalance_tolerance_pct / 200.0);
   const size_t excess = size_t(double(open_count_) - target);
   const size_t budget = std::max<size_t>(1, size_t(l.rebalance_max_moves_per_s) * l.load_report_interval_ms / 1000);
-  metrics_.rebalance_closes_total += close_some(std::min(excess, budget), CloseCode::reconnect, "rebalance");
+  const size_t moved = close_some(std::min(excess, budget), CloseCode::reconnect, "rebalance");
+  metrics_.rebalance_closes_total += moved;
+  if (moved > 0) forget_load_history();
+}
+
+// Clients are about to move between nodes (we asked some to reconnect, or a
+// peer began to drain), and every report made before they land is stale:
+// a node's report just before its new clients arrive says it is nearly
+// empty, and judged against it every other node looks overloaded. The
+// picture is settled again only once each peer has reported twice since,
+// and steadily (see rebalance).
+void Gateway::forget_load_history() {
+  for (auto& [node, load] : peer_loads_)
+    if (node != config_.node_id) {
+      load.previous = UINT64_MAX;
+      load.stale = true;
+    }
 }
 
 size_t Gateway::close_some(size_t n, CloseCode code, std::string_view reason) {
@@ -627,10 +643,24 @@ PublishStatus Gateway::publish(ConnId from, std::string_view topic, const FrameR
   return st;
 }
 
+// Another node's message. Checked before anything else is done with it
+// (transport_input.hpp): what fails is dropped and counted, and does not
+// even advance its publisher's sequence.
 void Gateway::on_transport_message(std::string_view topic, std::string_view payload) {
   Envelope e;
-  if (!parse_envelope(payload, e)) return;  // not ours: nothing to deliver
-  if (e.origin == origin_) return;          // delivered locally already
+  TransportInvalid why = transport_input_->parse_envelope(payload, e);
+  if (why == TransportInvalid::none && e.origin == origin_) return;  // delivered locally already
+  LoadReport load;
+  if (why == TransportInvalid::none) {
+    if (topic == load_topic) why = parse_load_report(e.body, load);
+    else if (topic == broadcast_topic) why = transport_input_->check_delivery(e.body, broadcast_prefix);
+    else if (topic.starts_with(user_topic_prefix)) why = transport_input_->check_delivery(e.body, message_prefix);
+    else why = TransportInvalid::topic;  // node:{id} carries nothing yet
+  }
+  if (why != TransportInvalid::none) {
+    ++metrics_.transport_invalid_total[size_t(why)];
+    return;
+  }
   // One inbound stream per node keeps each publisher's order across
   // topics, so anything not newer than the last seen is a duplicate or was
   // overtaken: delivering it would break at-most-once or per-sender order.
@@ -640,20 +670,40 @@ void Gateway::on_transport_message(std::string_view topic, std::string_view payl
   }
   ++metrics_.transport_received_total;
   if (topic == load_topic) {
-    uint64_t n = 0;
-    for (char c : e.body.substr(0, e.body.find(' '))) n = c >= '0' && c <= '9' ? n * 10 + uint64_t(c - '0') : n;
-    PeerLoad& p = peer_loads_[std::string(node_of(e.origin))];
-    const bool same = p.origin == e.origin;
-    p = PeerLoad{n, now_ms_, same ? p.connections : UINT64_MAX, e.body.find(" draining") != std::string_view::npos,
-                 std::string(e.origin)};
+    record_load(e.origin, load);
     return;
   }
   const FrameRef f = FrameRef::encode(Opcode::text, e.body);
   if (topic == broadcast_topic) {
     broadcast(f);
-  } else if (topic.starts_with(user_topic_prefix)) {
-    if (route_to_user(topic.substr(user_topic_prefix.size()), f) == 0) ++metrics_.messages_undeliverable_total;
+  } else if (route_to_user(topic.substr(user_topic_prefix.size()), f) == 0) {
+    ++metrics_.messages_undeliverable_total;
   }
+}
+
+// A peer's load report (or the next one of a peer it already knows).
+void Gateway::record_load(std::string_view origin, const LoadReport& r) {
+  const std::string_view node = node_of(origin);
+  auto it = peer_loads_.find(node);
+  if (it == peer_loads_.end()) {
+    // Past max_peer_nodes, the peer heard from longest ago makes room. Real
+    // peers report every interval.
+    if (peer_loads_.size() >= config_.limits.max_peer_nodes) {
+      auto oldest = peer_loads_.end();
+      for (auto i = peer_loads_.begin(); i != peer_loads_.end(); ++i)
+        if (i->first != config_.node_id && (oldest == peer_loads_.end() || i->second.reported_ms < oldest->second.reported_ms))
+          oldest = i;
+      if (oldest != peer_loads_.end()) peer_loads_.erase(oldest);
+    }
+    it = peer_loads_.emplace(std::string(node), PeerLoad{}).first;
+  }
+  PeerLoad& p = it->second;
+  // A report from before the peer fell silent (a partition) or before
+  // clients last moved is no base to judge how steady it is now.
+  const bool same = p.origin == origin && p.live && !p.stale;
+  const bool began_draining = r.draining && !(p.origin == origin && p.draining);
+  p = PeerLoad{r.connections, now_ms_, same ? p.connections : UINT64_MAX, r.draining, std::string(origin)};
+  if (began_draining) forget_load_history();  // its clients are about to land on us all
 }
 
 void Gateway::on_transport_publish_lost(uint64_t first, uint64_t count, PublishLoss why) {
@@ -772,6 +822,83 @@ std::string Gateway::render_health() const {
   }
   out += '}';
   return out;
+}
+
+// The tables that describe one connection (its slot, its user's list, the
+// dirty and close queues, its outbox) and the cluster tables must agree;
+// if they do not, serving on is worse than stopping. Ordered from cheap to
+// thorough, so a failure names the first thing that went wrong.
+void Gateway::check_invariants(InvariantCheck depth) const {
+  const Limits& l = config_.limits;
+  WSGATE_ASSERT(open_count_ + free_slots_.size() == slots_.size());
+  WSGATE_ASSERT(metrics_.connections_open == open_count_);
+  WSGATE_ASSERT(users_.size() <= open_count_);
+  WSGATE_ASSERT(origins_.size() <= l.max_tracked_origins);
+  WSGATE_ASSERT(peer_loads_.size() <= size_t(l.max_peer_nodes) + 1);  // the peers and this node
+  WSGATE_ASSERT(publish_senders_.size() == l.max_tracked_publishes);
+  WSGATE_ASSERT(close_cursor_ == 0 || close_cursor_ < slots_.size());
+  if (depth == InvariantCheck::cheap) return;
+
+  // Per slot: 1 = in dirty_ with its current generation (2: twice), and
+  // 4 = counted in its user's list.
+  std::vector<uint32_t>& seen = check_scratch_;
+  seen.assign(slots_.size(), 0);
+  for (uint32_t i : free_slots_) {
+    WSGATE_ASSERT(i < slots_.size() && slots_[i].state == Slot::State::free);
+    WSGATE_ASSERT(seen[i] == 0);  // listed once
+    seen[i] = 8;
+  }
+  for (ConnId id : dirty_) {
+    WSGATE_ASSERT(id.index < slots_.size());
+    if (slots_[id.index].generation != id.generation) continue;  // closed since: stale, skipped by take_dirty
+    WSGATE_ASSERT(slots_[id.index].state != Slot::State::free && (seen[id.index] & 3) == 0);
+    seen[id.index] |= 1;
+  }
+  for (const CloseRequest& r : closes_) {
+    WSGATE_ASSERT(r.id.index < slots_.size());
+    if (slots_[r.id.index].generation == r.id.generation) WSGATE_ASSERT(slots_[r.id.index].state == Slot::State::closing);
+  }
+  size_t attached = 0;
+  for (const auto& entry : users_) {
+    const User& u = entry.second;
+    WSGATE_ASSERT(u.count > 0 && u.first != no_slot);
+    uint32_t length = 0, prev = no_slot;
+    for (uint32_t i = u.first; i != no_slot && length <= u.count; i = slots_[i].next_of_user, ++length) {
+      WSGATE_ASSERT(i < slots_.size());
+      const Slot& s = slots_[i];
+      WSGATE_ASSERT(s.state != Slot::State::free && s.user == &entry && s.prev_of_user == prev && (seen[i] & 4) == 0);
+      seen[i] |= 4;
+      prev = i;
+    }
+    WSGATE_ASSERT(length == u.count);
+    attached += length;
+  }
+  size_t open = 0, attached_slots = 0;
+  for (uint32_t i = 0; i < slots_.size(); ++i) {
+    const Slot& s = slots_[i];
+    WSGATE_ASSERT(s.dirty == ((seen[i] & 1) != 0));
+    if (s.state == Slot::State::free) {
+      WSGATE_ASSERT(seen[i] == 8 && !s.user && !s.dirty && s.out.empty() && s.out.queued_bytes() == 0);
+      WSGATE_ASSERT(s.prev_of_user == no_slot && s.next_of_user == no_slot);
+      continue;
+    }
+    ++open;
+    WSGATE_ASSERT((seen[i] & 8) == 0);
+    // An open connection has a user; one refused its identity is closing.
+    WSGATE_ASSERT(s.user || s.state == Slot::State::closing);
+    WSGATE_ASSERT(!s.user == ((seen[i] & 4) == 0));
+    attached_slots += s.user != nullptr;
+    s.out.check_invariants();
+    // A data frame is queued only within the limit; a close frame (at most
+    // 125 bytes of payload) may go past it.
+    WSGATE_ASSERT(s.out.queued_bytes() <= uint64_t(l.send_queue_max_bytes) + frame_header_max_bytes + 125);
+  }
+  WSGATE_ASSERT(open == open_count_);
+  WSGATE_ASSERT(attached == attached_slots);
+  for (const auto& [node, load] : peer_loads_) {
+    WSGATE_ASSERT(node == node_of(load.origin) && load.connections <= UINT32_MAX);
+    WSGATE_ASSERT(load.previous == UINT64_MAX || load.previous <= UINT32_MAX);
+  }
 }
 
 }  // namespace wsgate

@@ -21,6 +21,23 @@ const char* reject_reason_name(RejectReason r) {
   return "unknown";
 }
 
+const char* transport_invalid_name(TransportInvalid r) {
+  switch (r) {
+    case TransportInvalid::none: return "none";
+    case TransportInvalid::too_large: return "too_large";
+    case TransportInvalid::envelope: return "envelope";
+    case TransportInvalid::origin: return "origin";
+    case TransportInvalid::sequence: return "sequence";
+    case TransportInvalid::topic: return "topic";
+    case TransportInvalid::utf8: return "utf8";
+    case TransportInvalid::json: return "json";
+    case TransportInvalid::shape: return "shape";
+    case TransportInvalid::load_report: return "load_report";
+    case TransportInvalid::count_: break;
+  }
+  return "unknown";
+}
+
 const char* message_type_name(MessageType t) {
   switch (t) {
     case MessageType::ping: return "ping";
@@ -112,6 +129,10 @@ std::string Metrics::render_prometheus(std::string_view node_id) const {
   w.sample("wsgate_transport_connected", transport_connected);
   w.header("wsgate_transport_stale_dropped_total", "counter", "Transport messages dropped as duplicated or out of order.");
   w.sample("wsgate_transport_stale_dropped_total", transport_stale_dropped_total);
+  w.header("wsgate_transport_invalid_total", "counter",
+           "Transport messages dropped unread because no node of this cluster sends them, by reason.");
+  for (size_t i = 1; i < size_t(TransportInvalid::count_); ++i)
+    w.sample("wsgate_transport_invalid_total", transport_invalid_total[i], "reason", transport_invalid_name(TransportInvalid(i)));
   w.header("wsgate_rebalance_closes_total", "counter", "Connections asked to reconnect elsewhere (4002) to even out load.");
   w.sample("wsgate_rebalance_closes_total", rebalance_closes_total);
   w.header("wsgate_drain_closes_total", "counter", "Connections closed (1001) while the node drained.");

@@ -133,4 +133,16 @@ size_t Outbox::drop_unsent() {
   return dropped;
 }
 
+void Outbox::check_invariants() const {
+  WSGATE_ASSERT(head_ <= frames_.size());
+  size_t bytes = 0;
+  for (size_t i = head_; i < frames_.size(); ++i) {
+    WSGATE_ASSERT(frames_[i] && frames_[i]->size() > 0);
+    bytes += frames_[i]->size();
+  }
+  WSGATE_ASSERT(head_ < frames_.size() ? head_offset_ < frames_[head_]->size() : head_offset_ == 0);
+  WSGATE_ASSERT(queued_bytes_ == bytes - head_offset_);
+  WSGATE_ASSERT(in_flight_bytes_ <= queued_bytes_);
+}
+
 }  // namespace wsgate

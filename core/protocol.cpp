@@ -10,6 +10,7 @@
 // The parser is allocated once for the largest message, so parsing
 // allocates nothing.
 #include "wsgate/protocol.hpp"
+#include "wsgate/json_numbers.hpp"
 
 #include <cstring>
 #include <new>
@@ -75,51 +76,6 @@ std::string_view utf8_prefix(std::string_view s, size_t max_bytes) {
 }
 
 bool is_json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
-
-// Overwrites every number token outside strings that follows the JSON
-// number grammar (RFC 8259 section 6) with "0" and spaces, so that only
-// the size of a number can no longer make simdjson refuse the document.
-// Ill-formed numbers are left for simdjson to refuse. False if a string
-// never ends.
-bool neutralise_numbers(char* p, size_t n) {
-  char* const end = p + n;
-  while (p < end) {
-    if (*p == '"') {
-      for (++p; p < end && *p != '"'; ++p)
-        if (*p == '\\') ++p;
-      if (p >= end) return false;
-      ++p;
-      continue;
-    }
-    if (*p != '-' && (*p < '0' || *p > '9')) {
-      ++p;
-      continue;
-    }
-    char* q = p;
-    if (*q == '-') ++q;
-    const char* int_start = q;
-    while (q < end && *q >= '0' && *q <= '9') ++q;
-    bool ok = q > int_start && !(*int_start == '0' && q - int_start > 1);
-    if (ok && q < end && *q == '.') {
-      const char* f = ++q;
-      while (q < end && *q >= '0' && *q <= '9') ++q;
-      ok = q > f;
-    }
-    if (ok && q < end && (*q == 'e' || *q == 'E')) {
-      ++q;
-      if (q < end && (*q == '+' || *q == '-')) ++q;
-      const char* e = q;
-      while (q < end && *q >= '0' && *q <= '9') ++q;
-      ok = q > e;
-    }
-    if (ok) {
-      *p = '0';
-      for (char* z = p + 1; z < q; ++z) *z = ' ';
-    }
-    p = q > p ? q : p + 1;
-  }
-  return true;
-}
 
 // The scanner below runs only on text simdjson has validated, so it needs
 // no error handling: strings end, brackets balance.
@@ -210,7 +166,7 @@ ParseResult MessageParser::parse(std::string_view payload) {
     // the rest on a copy whose well-formed numbers all read 0; content is
     // then taken from the original bytes.
     m.numbers_neutralised.assign(m.buffer.get(), n + simdjson::SIMDJSON_PADDING);
-    if (!neutralise_numbers(m.numbers_neutralised.data(), n)) return fail("Invalid JSON");
+    if (!neutralise_json_numbers(m.numbers_neutralised.data(), n)) return fail("Invalid JSON");
     parsed = m.dom.parse(m.numbers_neutralised.data(), n, false);
   }
   if (parsed.get(root)) return fail("Invalid JSON");

@@ -27,7 +27,7 @@ struct LimitFlag {
   const char* help;
 };
 
-constexpr std::array<LimitFlag, 29> limit_flags{{
+constexpr std::array<LimitFlag, 30> limit_flags{{
     {"--max-connections", "WSGATE_MAX_CONNECTIONS", &Limits::max_connections, "connections",
      "established WebSocket connections per node; the next upgrade gets 503"},
     {"--max-connections-per-ip", "WSGATE_MAX_CONNECTIONS_PER_IP", &Limits::max_connections_per_ip,
@@ -86,6 +86,8 @@ constexpr std::array<LimitFlag, 29> limit_flags{{
      "cluster: publishers whose last sequence number is kept to drop duplicates"},
     {"--max-tracked-publishes", "WSGATE_MAX_TRACKED_PUBLISHES", &Limits::max_tracked_publishes, "publishes",
      "cluster: recent publishes whose sender is told if the transport loses them; older losses are counted only"},
+    {"--max-peer-nodes", "WSGATE_MAX_PEER_NODES", &Limits::max_peer_nodes, "nodes",
+     "cluster: nodes whose load reports are kept for rebalancing (the oldest is forgotten past it)"},
 }};
 
 // A field added to Limits without a flag here fails the build.
@@ -423,6 +425,8 @@ std::string check_transport(const ServerOptions& o) {
 
 // Node ids travel in transport envelopes (one line) and JSON.
 std::string check_node_id(const std::string& id) {
+  if (id.size() > max_node_id_bytes)
+    return "node id '" + id.substr(0, 32) + "...' is longer than " + std::to_string(max_node_id_bytes) + " bytes";
   for (unsigned char c : id)
     if (c < 0x21 || c == 0x7F) return "node id '" + id + "' has a space or control character";
   return {};
@@ -450,6 +454,7 @@ std::string explain_inconsistent_limits(const Limits& l) {
   add(l.max_tracked_ips == 0, "max-tracked-ips must be > 0");
   add(l.load_report_interval_ms == 0, "load-report-interval-ms must be > 0");
   add(l.max_tracked_origins == 0, "max-tracked-origins must be > 0");
+  add(l.max_peer_nodes == 0, "max-peer-nodes must be > 0");
   add(l.drain_max_closes_per_s == 0, "drain-max-closes-per-s must be > 0");
   add(l.max_open_connections_per_ip == 0, "max-open-connections-per-ip must be > 0");
   add(l.ipv6_prefix_bits < 1 || l.ipv6_prefix_bits > 128, "ipv6-prefix-bits must be 1..128");

@@ -158,6 +158,7 @@ void Simulation::service(uint32_t n) {
     node.published_seen = fc.published;
     poll_all_soon();
   }
+  check_core(n);
   // The server's decision, from the same core call: exit once empty, or
   // once the shutdown deadline has passed.
   const DrainStatus drain = gw.drain_status(now);

@@ -87,6 +87,7 @@ std::string reproduce_command(const SimOptions& o) {
     cmd += " --broadcasts-per-s " + std::to_string(o.broadcasts_per_s);
   if (o.plant != PlantedBug::none) cmd += std::string(" --plant-bug ") + planted_bug_name(o.plant);
   if (o.ignored_invariants) cmd += " --ignore " + format_invariants(o.ignored_invariants);
+  if (o.full_check_every) cmd += " --full-check-every " + std::to_string(o.full_check_every);
   return cmd;
 }
 

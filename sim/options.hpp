@@ -45,6 +45,10 @@ struct SimOptions {
   // Invariants still checked and reported but not failing the run (bit per
   // Invariant, see simulation.hpp): for a known bug while its fix is pending.
   uint32_t ignored_invariants = 0;
+  // Gateway::check_invariants in full every N events of a node (0: every
+  // connections/64 events, a constant cost per event); the O(1) part runs
+  // after every event. The trace does not depend on it.
+  uint32_t full_check_every = 0;
   bool trace = false;             // echo every trace record to stdout
   bool quiet = false;             // no progress lines (sweeps)
 

@@ -40,6 +40,10 @@ void usage(FILE* out) {
                "  --broadcasts-per-s N  cluster-wide broadcast rate (default 2)\n"
                "  --ignore LIST         invariants to check and report without failing (a known bug\n"
                "                        awaiting its fix), e.g. rebalance_only_when_needed\n"
+               "  --full-check-every N  check each node's core in full (Gateway::check_invariants,\n"
+               "                        O(connections)) every N of its events; 0 (default): every\n"
+               "                        connections/64 events, so the cost per event stays constant.\n"
+               "                        The O(1) checks run after every event either way\n"
                "  --trace               print every trace record\n"
                "  --quiet               no progress lines\n");
 }
@@ -71,6 +75,7 @@ void apply(SimOptions& o, const std::string& flag, const std::string& v) {
   else if (flag == "--broadcasts-per-s") o.broadcasts_per_s = uint32_t(std::stoul(v));
   else if (flag == "--plant-bug") o.plant = parse_plant(v);
   else if (flag == "--ignore") o.ignored_invariants = parse_invariants(v);
+  else if (flag == "--full-check-every") o.full_check_every = uint32_t(std::stoul(v));
   else if (flag == "--scenario" || flag == "--seeds") {
   } else throw std::invalid_argument("unknown option '" + flag + "'");
 }

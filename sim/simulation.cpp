@@ -21,7 +21,7 @@ const char* invariant_name(Invariant i) {
   static constexpr const char* names[] = {
       "direct_at_most_once", "direct_in_send_order", "direct_delivered_when_healthy", "broadcast_exactly_once",
       "presence_converges",  "load_balanced",        "rebalance_only_when_needed",    "admission_fair", "memory_bounded",
-      "tables_empty_after_leave",
+      "transport_input_genuine", "tables_empty_after_leave",
   };
   static_assert(sizeof(names) / sizeof(names[0]) == size_t(Invariant::count_));
   return names[size_t(i)];
@@ -138,7 +138,12 @@ void Simulation::setup() {
   const uint64_t share = o_.clients / std::max<uint32_t>(1, o_.nodes);
   const uint64_t movers = std::max<uint32_t>(1, o_.nodes - 1) * uint64_t(limits_.rebalance_max_moves_per_s);
   const uint64_t fill_ms = o_.nodes < 2 ? 0 : 1500 * share / movers + 5000;
-  leave_start_ms_ = settle_start_ms_ + std::max(bus_->presence_ttl_ms() + 10000, fill_ms);
+  // Under random placement a moved client lands on another loaded node as
+  // often as not, so evening out takes several rounds of moves, each up to
+  // three report intervals apart (the moves, then two steady reports from
+  // every peer): give it eight more rounds.
+  const uint64_t random_rounds_ms = o_.lb == LbPolicy::random ? 8ull * 3 * limits_.load_report_interval_ms : 0;
+  leave_start_ms_ = settle_start_ms_ + std::max(bus_->presence_ttl_ms() + 10000, fill_ms) + random_rounds_ms;
   end_ms_ = leave_start_ms_ + limits_.idle_timeout_ms + limits_.heartbeat_interval_ms + limits_.close_timeout_ms +
             bus_->presence_ttl_ms() + 3000;
   sched_.at(settle_start_ms_, EventKind::phase, uint32_t(Phase::settle));
@@ -242,7 +247,10 @@ void Simulation::begin_phase(Phase p) {
 
 void Simulation::check_periodic() {
   const uint64_t now = sched_.now_ms();
-  if (now % 1000 == 0) check_memory();
+  if (now % 1000 == 0) {
+    check_memory();
+    check_transport_input();
+  }
   if (join_ms_ && result_.stats.join_balanced_ms < 0 && phase_ != Phase::leave) {
     uint64_t most = 0;
     double mean = 0;

@@ -46,6 +46,7 @@ enum class Invariant : uint8_t {
   rebalance_only_when_needed,   // (4') no 4002 move from a node already at the core's target
   admission_fair,               // no 429 for a client under its per-IP limit
   memory_bounded,               // (5)
+  transport_input_genuine,      // no node drops as invalid what another node published
   tables_empty_after_leave,     // (6)
   count_
 };
@@ -144,6 +145,7 @@ class Simulation {
     uint64_t refused_seen = 0;     // publish refusals already accounted
     uint64_t published_seen = 0;   // publishes already announced to the pollers
     uint64_t crashed_at_ms = 0;
+    uint32_t events_since_full_check = 0;
     uint32_t crash_orphans = 0;    // its clients not yet reconnected after a crash
     std::vector<uint32_t> slow_slots;  // slots with bytes a slow reader left
   };
@@ -254,6 +256,8 @@ class Simulation {
   void check_direct(uint32_t g);
   void check_broadcast(uint32_t b);
   void check_memory();
+  void check_core(uint32_t n);
+  void check_transport_input();
   void check_presence();
   void check_balance(bool final_check);
   bool cluster_balanced(uint64_t& most, double& mean) const;

@@ -39,6 +39,8 @@
 namespace wsgate {
 
 class MessageParser;
+class TransportInput;
+struct LoadReport;
 
 struct CloseRequest {
   ConnId id;
@@ -63,6 +65,10 @@ struct PeerLoad {
   uint64_t previous = UINT64_MAX;  // the report before (UINT64_MAX: none yet)
   bool draining = false;
   std::string origin;  // node_id/incarnation: a restart starts a new history
+  bool live = true;    // reported within the last 3 intervals
+  // Clients moved since this report was made (ours asked to reconnect, a
+  // peer draining, a peer gone): its next report starts a new history.
+  bool stale = false;
 };
 
 // Where a drain stands, for the driver to act on: keep serving (none,
@@ -165,7 +171,16 @@ class Gateway : private TransportSink {
   size_t queued_memory_bytes() const { return ledger_.bytes; }
   const AdmissionControl& admission() const { return admission_; }
 
+  // Asserts (WSGATE_ASSERT, on in release builds) that the core's tables
+  // agree with each other: every slot, user list, dirty flag, pending
+  // close, outbox and cluster table. `full` walks every connection
+  // (O(connections)); `cheap` checks only what costs O(1). The simulator
+  // calls it after every event; a breach stops the process.
+  enum class InvariantCheck : uint8_t { cheap, full };
+  void check_invariants(InvariantCheck depth = InvariantCheck::full) const;
+
  private:
+  friend struct GatewayInternals;  // tests/unit: plants bugs that check_invariants must catch
   struct Slot;
   struct User;
   using UserMap = std::unordered_map<std::string, User, StringHash, std::equal_to<>>;
@@ -190,6 +205,7 @@ class Gateway : private TransportSink {
   PublishStatus publish(ConnId from, std::string_view topic, const FrameRef& f, bool direct);
   PublishStatus publish_raw(std::string_view topic, std::string_view body, ConnId from = {}, bool direct = false);
   void on_transport_message(std::string_view topic, std::string_view payload) override;
+  void record_load(std::string_view origin, const LoadReport& r);
   void on_transport_state(TransportState state) override;
   void on_transport_publish_lost(uint64_t first, uint64_t count, PublishLoss why) override;
   void on_transport_publish_unrouted(uint64_t number) override;
@@ -197,7 +213,9 @@ class Gateway : private TransportSink {
   // Drops what this node already saw from that publisher incarnation.
   bool accept_sequence(std::string_view origin, uint64_t seq, uint64_t now_ms);
   void report_load(uint64_t now_ms);
-  void rebalance(uint64_t now_ms);
+  void rebalance();
+  void forget_load_history();
+  void age_peer_loads(uint64_t now_ms);
   void drain_some(uint64_t now_ms);
   // Closes up to n open connections from a rotating cursor; returns how many.
   size_t close_some(size_t n, CloseCode code, std::string_view reason);
@@ -219,6 +237,7 @@ class Gateway : private TransportSink {
   size_t open_count_ = 0;
   uint64_t next_heartbeat_ms_ = 0;
   Transport* transport_;
+  std::unique_ptr<TransportInput> transport_input_;  // with a transport only
   std::string origin_;            // node_id/incarnation
   uint64_t publish_seq_ = 0;
   // Who sent the recent accepted publishes, by publish number, so a publish
@@ -245,6 +264,7 @@ class Gateway : private TransportSink {
   uint64_t drain_deadline_ms_ = UINT64_MAX;
   bool draining_ = false;
   uint32_t close_cursor_ = 0;
+  mutable std::vector<uint32_t> check_scratch_;  // check_invariants: per slot, no allocation per call
   std::string topic_scratch_;     // reused: no allocation per publish
   std::string envelope_scratch_;
   FrameRef ping_frame_;

@@ -87,6 +87,10 @@ struct Limits {
   // the transport reports lost later is reported to its sender. A loss
   // reported after this many newer publishes is counted only.
   uint32_t max_tracked_publishes = 4096;
+  // Nodes whose load reports are kept for rebalancing; past it, the one
+  // heard from longest ago is forgotten (a flood of forged reports cannot
+  // grow memory).
+  uint32_t max_peer_nodes = 1024;
 };
 
 // Frames and outboxes carry payload sizes in 32 bits.
@@ -97,11 +101,29 @@ inline constexpr uint32_t json_escape_expansion = 6;  // \u00XX per byte
 // The longest topic a transport takes (user:{id} with the longest id fits).
 inline constexpr uint32_t transport_max_topic_bytes = 1024;
 
+// A node id names Redis channels and travels in every transport message;
+// the default is the host name, at most 253 bytes (RFC 1035), and so are
+// Kubernetes pod names.
+inline constexpr uint32_t max_node_id_bytes = 253;
+
+// The largest frame payload the core builds for a client message:
+// {"type":"message","from":<escaped id>,"content":<content>}.
+constexpr uint64_t max_delivery_bytes(const Limits& l) {
+  return uint64_t(l.max_message_bytes) + 64 + uint64_t(l.max_user_id_bytes) * json_escape_expansion;
+}
+// The largest transport message a node publishes: the envelope
+// "{node id}/{16 hex digits}\n{sequence, at most 20 digits}\n" and a
+// delivery. Larger ones are not from a node of this cluster (all nodes
+// share the limits) and are dropped unread.
+constexpr uint64_t max_transport_payload_bytes(const Limits& l) {
+  return max_node_id_bytes + 1 + 16 + 1 + 20 + 1 + max_delivery_bytes(l);
+}
+
 constexpr bool limits_are_consistent(const Limits& l) {
   return l.max_connections > 0 && l.max_message_bytes > 0 &&
          l.heartbeat_interval_ms > 0 && l.idle_timeout_ms >= l.heartbeat_interval_ms &&
          l.ip_window_ms > 0 && l.max_header_bytes >= 256 && l.max_tracked_ips > 0 &&
-         l.load_report_interval_ms > 0 && l.max_tracked_origins > 0 && l.drain_max_closes_per_s > 0 &&
+         l.load_report_interval_ms > 0 && l.max_tracked_origins > 0 && l.max_peer_nodes > 0 && l.drain_max_closes_per_s > 0 &&
          l.max_open_connections_per_ip > 0 && l.ipv6_prefix_bits >= 1 && l.ipv6_prefix_bits <= 128 &&
          l.node_send_queue_max_bytes >= l.send_queue_max_bytes && l.client_max_rate_refusals > 0 &&
          l.client_rate_refusal_window_ms > 0 &&
@@ -111,8 +133,7 @@ constexpr bool limits_are_consistent(const Limits& l) {
          l.max_pending_handshakes > 0 &&
          l.max_tracked_publishes > 0 &&
          // one largest reply must fit in a queue, or nothing could be sent
-         uint64_t(l.send_queue_max_bytes) >= uint64_t(l.max_message_bytes) + 64 +
-             uint64_t(l.max_user_id_bytes) * json_escape_expansion;
+         uint64_t(l.send_queue_max_bytes) >= max_delivery_bytes(l);
 }
 static_assert(limits_are_consistent(Limits{}));
 static_assert(Limits{}.max_tracked_ips >= Limits{}.max_connections);

@@ -21,6 +21,22 @@ enum class RejectReason : uint8_t {
 };
 const char* reject_reason_name(RejectReason r);
 
+// Why a message from the transport was dropped unread (TransportInput).
+enum class TransportInvalid : uint8_t {
+  none,
+  too_large,    // longer than any node of the cluster publishes
+  envelope,     // not "{origin}\n{sequence}\n{body}"
+  origin,       // not "{node id}/{16 hex digits}"
+  sequence,     // not 1 to 20 digits without a leading zero, or past 2^64
+  topic,        // a topic no node publishes to
+  utf8,         // the body is not UTF-8
+  json,         // the body is not JSON
+  shape,        // JSON, but not what a node sends on that topic
+  load_report,  // not "<connections>[ draining]"
+  count_
+};
+const char* transport_invalid_name(TransportInvalid r);
+
 enum class MessageType : uint8_t { ping, pong, send_message, message, broadcast, error, count_ };
 const char* message_type_name(MessageType t);
 
@@ -43,6 +59,7 @@ struct Metrics {
   uint64_t transport_publish_lost_total = 0;  // accepted, later reported lost
   uint64_t transport_connected = 1;           // gauge: 0 while the backend is lost
   uint64_t transport_stale_dropped_total = 0; // duplicated or reordered, dropped
+  uint64_t transport_invalid_total[size_t(TransportInvalid::count_)] = {};  // dropped unread, by reason
   uint64_t rebalance_closes_total = 0;        // asked to reconnect elsewhere (4002)
   uint64_t drain_closes_total = 0;
   uint64_t rate_limited_messages_total = 0;   // client messages refused by the token buckets

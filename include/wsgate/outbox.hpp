@@ -72,6 +72,10 @@ class Outbox {
   // dropped.
   size_t drop_unsent();
 
+  // Asserts (WSGATE_ASSERT) that the byte counts match the frames held.
+  // O(frames): for Gateway::check_invariants.
+  void check_invariants() const;
+
   bool empty() const { return head_ == frames_.size(); }
   // Wire bytes still to write.
   size_t queued_bytes() const { return queued_bytes_; }

@@ -341,6 +341,50 @@ TEST_F(Cluster, BalancedClusterMovesNothing) {
   EXPECT_TRUE(b.gateway.take_closes().empty());
 }
 
+// Found by the simulator's sweep (seeds 3, 21, 55, 87 of --nodes 3
+// --faults crash,partition,drain): a node judged its fresh count against a
+// peer's report made just before the clients it had moved landed there,
+// saw itself still above the band and moved more, for nothing.
+TEST_F(Cluster, AfterMovingClientsANodeWaitsForReportsMadeSince) {
+  Limits l;
+  l.rebalance_max_moves_per_s = 5;
+  Node& a = add("A", l);
+  Node& b = add("B", l);
+  std::vector<ConnId> ids;
+  for (int i = 0; i < 40; ++i) ids.push_back(a.gateway.handle_open("u" + std::to_string(i), now));
+  tick(0);
+  tick(1000);
+  tick(1000);  // B reported 0 twice: settled, A moves its budget
+  auto moved = a.gateway.take_closes();
+  ASSERT_EQ(moved.size(), 5u);
+  // B has reported already this round; the moved clients land on it now,
+  // and a third node's drain sends 30 more to B and 5 to A, so A's own
+  // count looks steady.
+  for (auto& c : moved) a.gateway.handle_closed(c.id);
+  for (int i = 0; i < 5; ++i) a.gateway.handle_open("w" + std::to_string(i), now);
+  for (int i = 0; i < 35; ++i) b.gateway.handle_open("v" + std::to_string(i), now);
+  // A holds 40, B 35: inside the band (mean 37.5, ceiling 45). B's last
+  // report (0) is stale, and A must not act on it.
+  for (int round = 0; round < 5; ++round) {
+    tick(1000);
+    EXPECT_TRUE(a.gateway.take_closes().empty()) << "round " << round;
+  }
+  EXPECT_EQ(a.gateway.metrics().rebalance_closes_total, 5u);
+}
+
+// A draining node's clients are about to land on the others: it says so at
+// once, so its last report stops counting in their mean before it exits.
+TEST_F(Cluster, ADrainingNodeIsLeftOutOfTheMeanAtOnce) {
+  Node& a = add("A");
+  Node& c = add("C");
+  for (int i = 0; i < 10; ++i) c.gateway.handle_open("u" + std::to_string(i), now);
+  tick(0);
+  ASSERT_FALSE(a.gateway.peer_loads().at("C").draining);
+  c.gateway.handle_drain(now);
+  settle();
+  EXPECT_TRUE(a.gateway.peer_loads().at("C").draining);
+}
+
 TEST_F(Cluster, DrainingNodeRefusesUpgradesAndClosesEveryoneAtItsRate) {
   Limits l;
   l.drain_max_closes_per_s = 100;  // 10 per 100 ms step
