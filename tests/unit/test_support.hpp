@@ -31,20 +31,12 @@ inline std::vector<ReceivedFrame> drain(Gateway& gw, ConnId id) {
   }
   std::vector<ReceivedFrame> frames;
   size_t p = 0;
-  while (p + 2 <= bytes.size()) {
-    const uint8_t op = uint8_t(bytes[p]) & 0x0F;
-    uint64_t len = uint8_t(bytes[p + 1]) & 0x7F;
-    p += 2;
-    if (len == 126) {
-      len = (uint64_t(uint8_t(bytes[p])) << 8) | uint8_t(bytes[p + 1]);
-      p += 2;
-    } else if (len == 127) {
-      len = 0;
-      for (int i = 0; i < 8; ++i) len = (len << 8) | uint8_t(bytes[p + i]);
-      p += 8;
-    }
-    frames.push_back({op, bytes.substr(p, len)});
-    p += len;
+  FrameHeader h;
+  while (decode_frame_header(reinterpret_cast<const uint8_t*>(bytes.data()) + p, bytes.size() - p, h) ==
+         FrameHeaderStatus::complete) {
+    p += h.header_bytes;
+    frames.push_back({h.opcode, bytes.substr(p, h.payload_bytes)});
+    p += h.payload_bytes;
   }
   return frames;
 }
