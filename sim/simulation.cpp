@@ -164,7 +164,11 @@ void Simulation::dispatch(const Event& e) {
     case EventKind::client_connect: on_connect(e.a, uint32_t(e.b)); break;
     case EventKind::client_arrive: on_arrive(e.a, uint32_t(e.b), uint32_t(e.c >> 32), uint32_t(e.c)); break;
     case EventKind::client_act: on_act(e.a, uint32_t(e.b)); break;
-    case EventKind::client_close_ack: on_close_ack(e.a, uint32_t(e.b), ConnId{uint32_t(e.c >> 32), uint32_t(e.c)}); break;
+    case EventKind::client_close_frame:
+      on_client_close_frame(e.a, uint32_t(e.b), ConnId{uint32_t(e.c >> 32), uint32_t(e.c)});
+      break;
+    case EventKind::conn_reset: on_conn_reset(e.a, uint32_t(e.b), ConnId{uint32_t(e.c >> 32), uint32_t(e.c)}); break;
+    case EventKind::close_timeout: on_close_timeout(e.a, uint32_t(e.b), ConnId{uint32_t(e.c >> 32), uint32_t(e.c)}); break;
     case EventKind::node_tick:
       if (nodes_[e.a].tick_at == e.time_ms) on_tick(e.a, uint32_t(e.b));
       break;

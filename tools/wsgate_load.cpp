@@ -481,7 +481,7 @@ void Load::queue_frame(uint32_t i, uint8_t opcode, const char* payload, size_t n
   uint32_t key = rnd();
   uint8_t mk[4];
   memcpy(mk, &key, 4);
-  uint8_t hdr[wsgate::frame_header_max_bytes];
+  uint8_t hdr[wsgate::any_frame_header_max_bytes];
   const size_t h = wsgate::encode_masked_frame_header(hdr, wsgate::Opcode(opcode), n, mk);
   size_t base = c.wbuf.size();
   c.wbuf.resize(base + h + n);

@@ -17,8 +17,9 @@ enum class Opcode : uint8_t { text = 0x1, binary = 0x2, close = 0x8, ping = 0x9,
 // the core, the session layer, the simulator's clients, the tests, the
 // fuzzer and the load tool all encode and decode headers here.
 
-// The longest header: 2 bytes, an 8-byte length and a 4-byte mask key.
-constexpr size_t frame_header_max_bytes = 14;
+// The longest header of any frame: 2 bytes, an 8-byte length and a 4-byte
+// mask key (a server frame needs at most frame_header_max_bytes, limits.hpp).
+constexpr size_t any_frame_header_max_bytes = 14;
 
 // Header bytes of a frame carrying payload_bytes, masked or not.
 constexpr size_t frame_header_bytes(size_t payload_bytes, bool masked = false) {
