@@ -100,6 +100,7 @@ void Simulation::harvest_metrics(Node& node) {
   s.drain_closes += m.drain_closes_total;
   s.slow_consumer_closes += m.slow_consumer_closes_total;
   s.heartbeat_timeouts += m.heartbeat_timeouts_total;
+  s.protocol_error_closes += m.protocol_error_closes_total;
   s.stale_dropped += m.transport_stale_dropped_total;
   const FaultCounters& f = node.bus->counters();
   s.bus_duplicated += f.duplicated;

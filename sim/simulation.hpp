@@ -81,6 +81,7 @@ struct SimStats {
   uint64_t server_pings_answered = 0;  // heartbeat pings the clients answered with a pong
   uint64_t close_handshakes = 0;       // sockets closed after both close frames
   uint64_t close_timeouts = 0;         // sockets closed because the peer never answered our close
+  uint64_t protocol_error_closes = 0;  // the session refused a client's frames (must stay 0)
   uint64_t needless_moves = 0;    // 4002 while the node was inside the band
   uint64_t needless_moves_after_crash = 0;  // of which on a view not yet aware of a crash
   uint64_t rebalance_moves = 0, drain_closes = 0, slow_consumer_closes = 0, heartbeat_timeouts = 0;

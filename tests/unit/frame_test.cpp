@@ -43,7 +43,9 @@ TEST(FrameCodec, EncodeDecodeRoundTripServerAndClientHeaders) {
       EXPECT_EQ(h.masked, masked);
       EXPECT_EQ(h.payload_bytes, n);
       EXPECT_EQ(h.header_bytes, len);
-      if (masked) EXPECT_EQ(std::memcmp(h.mask_key, key, 4), 0);
+      if (masked) {
+        EXPECT_EQ(std::memcmp(h.mask_key, key, 4), 0);
+      }
     }
   }
 }

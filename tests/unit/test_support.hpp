@@ -2,6 +2,7 @@
 // Helpers for driving the core in unit tests: read back what a connection
 // would receive, as text, and drain it like a driver would.
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "wsgate/gateway.hpp"
@@ -39,6 +40,19 @@ inline std::vector<ReceivedFrame> drain(Gateway& gw, ConnId id) {
     p += h.payload_bytes;
   }
   return frames;
+}
+
+// A masked client frame (RFC 6455 5.3: clients must mask), from the codec.
+// rsv: raw RSV bits of byte 0 (0x40 = RSV1); opcode may be a reserved one.
+inline std::string client_frame(uint8_t opcode, std::string_view payload, bool fin = true, uint8_t rsv = 0) {
+  const uint8_t mask[4] = {0x11, 0x22, 0x33, 0x44};
+  uint8_t hdr[any_frame_header_max_bytes];
+  const size_t h = encode_masked_frame_header(hdr, Opcode(opcode), payload.size(), mask, fin);
+  hdr[0] |= rsv;
+  std::string f(reinterpret_cast<const char*>(hdr), h);
+  f.append(payload);
+  apply_frame_mask(reinterpret_cast<uint8_t*>(f.data()) + h, payload.size(), mask);
+  return f;
 }
 
 // Payloads of the text frames queued for id.
