@@ -29,6 +29,13 @@ bool parse_content(std::string_view payload, uint64_t (&v)[3]) {
   }
   return true;
 }
+// Messages the core has taken in, valid or not: a message framed by a
+// client on a connection that is not closing must add exactly one.
+uint64_t messages_taken(const Metrics& m) {
+  uint64_t n = m.messages_invalid_total;
+  for (uint64_t v : m.messages_in_total) n += v;
+  return n;
+}
 }  // namespace
 
 void append_client_frame(std::string& out, Opcode op, std::string_view payload, uint64_t key_seed) {
@@ -49,6 +56,21 @@ void Simulation::send_frame(uint32_t c, Opcode op, std::string_view payload) {
   append_client_frame(wire, op, payload, uint64_t(c) << 32 ^ cl.frames_sent++);
   cn.ws->feed(reinterpret_cast<const uint8_t*>(wire.data()), wire.size(), sched_.now_ms());
   settle(cl.node, cl.conn);
+}
+
+void Simulation::send_text(uint32_t c, std::string_view text) {
+  Client& cl = clients_[c];
+  const uint32_t n = cl.node;
+  const ConnId id = cl.conn;
+  Gateway& gw = *nodes_[n].gw;
+  const bool closing = gw.is_closing(id);
+  const uint64_t before = messages_taken(gw.metrics());
+  send_frame(c, Opcode::text, text);
+  const uint64_t taken = messages_taken(gw.metrics()) - before;
+  if (!closing && taken != 1)
+    violate(Invariant::messages_reach_core, "client " + std::to_string(c) + " sent a " + std::to_string(text.size()) +
+                                                "-byte message on node n" + std::to_string(n) + " slot " +
+                                                std::to_string(id.index) + "; the core took " + std::to_string(taken));
 }
 
 void Simulation::send_replies(uint32_t c) {
@@ -250,7 +272,7 @@ void Simulation::send_direct(uint32_t c) {
   const bool closing = gw.is_closing(cl.conn);
   const uint64_t published_before = node.bus->counters().published;
   directs_.push_back(std::move(rec));
-  send_frame(c, Opcode::text, scratch_);
+  send_text(c, scratch_);
   DirectRecord& r = directs_.back();
   r.accepted = !closing && node.bus->counters().published != published_before;
   SimStats& s = result_.stats;
@@ -282,7 +304,7 @@ bool Simulation::send_broadcast(uint32_t c) {
   const uint64_t published_before = node.bus->counters().published;
   broadcasts_.push_back(BroadcastRecord{now, c, cl.node, node.life, false, false, {}});
   broadcasts_.back().received_on.assign(clients_.size(), 0);
-  send_frame(c, Opcode::text, scratch_);
+  send_text(c, scratch_);
   BroadcastRecord& r = broadcasts_.back();
   r.accepted = !closing && node.bus->counters().published != published_before;
   ++result_.stats.broadcast_sent;

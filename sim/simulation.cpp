@@ -21,7 +21,7 @@ const char* invariant_name(Invariant i) {
   static constexpr const char* names[] = {
       "direct_at_most_once", "direct_in_send_order", "direct_delivered_when_healthy", "broadcast_exactly_once",
       "presence_converges",  "load_balanced",        "rebalance_only_when_needed",    "admission_fair", "memory_bounded",
-      "tables_empty_after_leave",
+      "tables_empty_after_leave", "messages_reach_core",
   };
   static_assert(sizeof(names) / sizeof(names[0]) == size_t(Invariant::count_));
   return names[size_t(i)];

@@ -52,6 +52,7 @@ enum class Invariant : uint8_t {
   admission_fair,               // no 429 for a client under its per-IP limit
   memory_bounded,               // (5)
   tables_empty_after_leave,     // (6)
+  messages_reach_core,          // (7) every message a client frames on an open connection reaches the core once
   count_
 };
 const char* invariant_name(Invariant i);
@@ -255,6 +256,8 @@ class Simulation {
   void send_frame(uint32_t c, Opcode op, std::string_view payload);
   // Sends the pongs the client owes (after a write to it ended).
   void send_replies(uint32_t c);
+  // Sends a text message; checks that the session handed it to the core.
+  void send_text(uint32_t c, std::string_view text);
   void receive(uint32_t c, const uint8_t* data, size_t n);
   void on_frame(uint32_t c, uint8_t opcode, std::string_view payload);
   void on_server_close(uint32_t c, CloseCode code);
