@@ -82,6 +82,7 @@ struct Gateway::Slot {
   uint32_t next_of_user = no_slot;
   UserMap::value_type* user = nullptr;  // map nodes are stable
   uint64_t last_seen_ms = 0;
+  uint64_t driver_tag = 0;
   Outbox out;
 };
 
@@ -90,6 +91,7 @@ Gateway::Gateway(GatewayConfig config, Transport* transport)
       admission_(config_.limits),
       parser_(std::make_unique<MessageParser>(config_.limits.max_message_bytes)),
       transport_(transport),
+      publish_senders_(config_.limits.max_tracked_publishes),
       ping_frame_(FrameRef::encode(Opcode::ping, {})),
       pong_frame_(FrameRef::encode(Opcode::text, R"({"type":"pong"})")) {
   WSGATE_ASSERT(limits_are_consistent(config_.limits));
@@ -117,6 +119,11 @@ const Gateway::Slot* Gateway::slot(ConnId id) const { return const_cast<Gateway*
 
 bool Gateway::is_open(ConnId id) const { return slot(id) != nullptr; }
 
+uint64_t Gateway::driver_tag(ConnId id) const {
+  const Slot* s = slot(id);
+  return s ? s->driver_tag : no_driver_tag;
+}
+
 bool Gateway::is_closing(ConnId id) const {
   const Slot* s = slot(id);
   return s && s->state == Slot::State::closing;
@@ -138,7 +145,7 @@ Admission Gateway::handle_upgrade_request(std::string_view ip, uint64_t now_ms) 
   return admission_.admit(ip, open_count_, now_ms);
 }
 
-ConnId Gateway::handle_open(std::string_view user_id, uint64_t now_ms) {
+ConnId Gateway::handle_open(std::string_view user_id, uint64_t now_ms, uint64_t driver_tag) {
   uint32_t index;
   if (!free_slots_.empty()) {
     index = free_slots_.back();
@@ -152,6 +159,7 @@ ConnId Gateway::handle_open(std::string_view user_id, uint64_t now_ms) {
   WSGATE_ASSERT(s.state == Slot::State::free && s.out.empty() && !s.user);
   s.state = Slot::State::open;
   s.last_seen_ms = now_ms;
+  s.driver_tag = driver_tag;
   const ConnId id{index, s.generation};
   ++open_count_;
   ++metrics_.connections_open;
@@ -475,7 +483,7 @@ PublishStatus Gateway::publish_raw(std::string_view topic, std::string_view body
   if (st == PublishStatus::accepted || st == PublishStatus::no_subscribers) {
     ++metrics_.transport_published_total;
     ++publishes_accepted_;
-    publish_senders_[publishes_accepted_ % publish_senders_max] = PublishSender{publishes_accepted_, from, direct};
+    publish_sender(publishes_accepted_) = PublishSender{publishes_accepted_, from, direct};
   }
   return st;
 }
@@ -522,7 +530,7 @@ void Gateway::on_transport_message(std::string_view topic, std::string_view payl
 void Gateway::on_transport_publish_lost(uint64_t first, uint64_t count, PublishLoss why) {
   for (uint64_t n = first; n < first + count; ++n) {
     ++metrics_.transport_publish_lost_total;
-    const PublishSender& p = publish_senders_[n % publish_senders_max];
+    const PublishSender& p = publish_sender(n);
     if (p.number != n || !p.from.valid()) continue;
     send_error(p.from, why == PublishLoss::connection_lost
                            ? "Not delivered to other nodes: transport connection lost"
@@ -532,7 +540,7 @@ void Gateway::on_transport_publish_lost(uint64_t first, uint64_t count, PublishL
 
 // Redis's own count says no node (this one included) holds the target.
 void Gateway::on_transport_publish_unrouted(uint64_t number) {
-  const PublishSender& p = publish_senders_[number % publish_senders_max];
+  const PublishSender& p = publish_sender(number);
   if (p.number == number && p.direct) ++metrics_.messages_undeliverable_total;
 }
 

@@ -16,14 +16,8 @@
 namespace wsgate::server {
 namespace {
 
-constexpr unsigned sq_entries = 4096;
-constexpr unsigned cq_entries = 65536;  // the kernel's maximum; overflow is kept, not dropped
+// The queue and receive-pool sizes are BufferLimits (limits.hpp, flags).
 constexpr uint16_t recv_buffer_group = 0;
-// 2048 x 4 KiB = 8 MiB of receive buffers for the whole loop, shared by all
-// connections: a buffer is held only from the kernel's write into it to the
-// end of the completion's handling.
-constexpr uint32_t recv_buffer_count = 2048;
-constexpr uint32_t recv_buffer_bytes = 4096;
 constexpr uint64_t max_wait_ms = 1000;
 constexpr uint64_t accept_retry_ms = 100;
 // After the shutdown timeout, sockets are closed without a handshake; this
@@ -73,17 +67,21 @@ EventLoop::~EventLoop() {
 }
 
 std::string EventLoop::start() {
+  if (!transport_error_.empty()) return transport_error_;
   listener_ = open_listener(options_.host, options_.port);
   if (listener_.fd < 0) return listener_.error;
 
   io_uring_params p{};
   p.flags = setup_flags_ | IORING_SETUP_CQSIZE;
-  p.cq_entries = cq_entries;
-  if (int r = io_uring_queue_init_params(sq_entries, &ring_, &p); r < 0)
+  p.cq_entries = options_.buffers.uring_cq_entries;
+  if (int r = io_uring_queue_init_params(options_.buffers.uring_sq_entries, &ring_, &p); r < 0)
     return std::string("io_uring_queue_init failed: ") + std::strerror(-r);
   ring_up_ = true;
 
-  buffers_ = std::make_unique<BufferRing>(ring_, recv_buffer_group, recv_buffer_count, recv_buffer_bytes);
+  // Shared by all connections: a buffer is held only from the kernel's write
+  // into it to the end of the completion's handling.
+  buffers_ = std::make_unique<BufferRing>(ring_, recv_buffer_group, options_.buffers.recv_pool_buffers,
+                                          options_.buffers.recv_buffer_bytes);
   if (std::string e = buffers_->register_with_kernel(); !e.empty()) return e;
 
   sigset_t set;
@@ -484,20 +482,20 @@ void EventLoop::teardown(Socket& s, uint32_t index) {
 
 void EventLoop::maybe_release(Socket& s, uint32_t index) {
   if (s.phase != Phase::closing || !s.close_done || s.recv_armed || s.send_in_flight) return;
-  if (s.conn.valid()) {
-    if (s.conn.index < conn_to_socket_.size() && conn_to_socket_[s.conn.index] == index)
-      conn_to_socket_[s.conn.index] = no_socket;
-    gateway_.handle_closed(s.conn);
-  }
+  if (s.conn.valid()) gateway_.handle_closed(s.conn);
   sockets_.release(index);
 }
 
-uint32_t EventLoop::socket_of(ConnId id) const {
-  if (id.index >= conn_to_socket_.size()) return no_socket;
-  const uint32_t index = conn_to_socket_[id.index];
-  if (index == no_socket) return no_socket;
-  const Socket& s = const_cast<SocketTable&>(sockets_).at(index);
-  return s.phase == Phase::websocket && s.conn == id ? index : no_socket;
+// The socket is found from the tag the core keeps for the connection: one
+// table per side, no map between them. Both ends are checked: the core's id
+// (stale once handle_closed ran) and the socket's generation (stale once
+// the slot was released), and the socket must still hold that connection.
+uint32_t EventLoop::socket_of(ConnId id) {
+  const uint64_t tag = gateway_.driver_tag(id);
+  if (tag == Gateway::no_driver_tag) return no_socket;
+  const SlotRef r = slot_of_tag(tag);
+  const Socket* s = sockets_.find(r.index, r.generation);
+  return s && s->phase == Phase::websocket && s->conn == id ? r.index : no_socket;
 }
 
 // --- shutdown ------------------------------------------------------------------

@@ -15,7 +15,10 @@
 //
 // Completions are routed by an explicit user_data (user_data.hpp); socket
 // slots live in a SocketTable; received bytes come from a provided-buffer
-// ring, so an idle connection owns no receive buffer.
+// ring, so an idle connection owns no receive buffer. A connection's state
+// has one home per side: the socket holds the core's ConnId, and the core
+// holds the socket's {index, generation} as its driver tag (socket_of), so
+// there is no map between the two to keep in step.
 #include <liburing.h>
 #include <signal.h>
 #include <sys/signalfd.h>
@@ -38,6 +41,7 @@
 #include "wsgate/gateway.hpp"
 #include "wsgate/handshake.hpp"
 #include "local_transport.hpp"
+#include "shm_bus.hpp"
 
 namespace wsgate::server {
 
@@ -111,6 +115,7 @@ class EventLoop final : private RedisIo {
   // --- the transport (event_loop_transport.cpp) -----------------------------
   std::unique_ptr<Transport> make_transport();
   uint64_t next_transport_deadline_ms() const;
+  std::string render_shm_metrics(const std::string& label) const;
   // RedisIo: the Redis transport's two TCP links, on this ring.
   void redis_connect(RedisLink link) override;
   void redis_want_write(RedisLink link) override;
@@ -147,7 +152,11 @@ class EventLoop final : private RedisIo {
   // freed (and the core told) once every completion is in.
   void teardown(Socket& s, uint32_t index);
   void maybe_release(Socket& s, uint32_t index);
-  uint32_t socket_of(ConnId id) const;
+  // The socket of a core connection, or no_socket if either is gone.
+  uint32_t socket_of(ConnId id);
+  // A socket slot as the tag the core keeps per connection, and back.
+  static uint64_t socket_tag(uint32_t index, uint32_t generation) { return uint64_t(generation) << 32 | index; }
+  static SlotRef slot_of_tag(uint64_t tag) { return {uint32_t(tag), uint32_t(tag >> 32)}; }
 
   // --- shutdown -------------------------------------------------------------
   void begin_shutdown(uint32_t signo);
@@ -160,6 +169,8 @@ class EventLoop final : private RedisIo {
   // Before gateway_, which holds a pointer to the transport.
   std::unique_ptr<LocalBus> local_bus_;
   RedisTransport* redis_ = nullptr;  // transport_, when it is Redis
+  ShmTransport* shm_ = nullptr;      // transport_, when it is shm
+  std::string transport_error_;      // the transport could not be set up
   bool transport_polls_ = false;     // shm: no fd to wake on, so poll often
   std::unique_ptr<Transport> transport_;
   Gateway gateway_;
@@ -178,7 +189,6 @@ class EventLoop final : private RedisIo {
   uint64_t accept_retry_at_ms_ = 0;
   uint64_t last_accept_error_log_ms_ = 0;
 
-  std::vector<uint32_t> conn_to_socket_;  // core ConnId index -> socket index
   std::vector<SlotRef> pending_writes_;
   std::vector<SlotRef> rearm_;
   // Every handshake (and every close) waits the same time, so deadlines are

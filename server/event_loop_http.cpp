@@ -13,8 +13,6 @@
 namespace wsgate::server {
 namespace {
 
-constexpr uint32_t no_socket = UINT32_MAX;
-
 void append_label_value(std::string& out, std::string_view v) {
   for (char c : v) {
     if (c == '\\' || c == '"') out += '\\';
@@ -110,9 +108,8 @@ void EventLoop::upgrade(Socket& s, uint32_t index, const RequestHead& head) {
   std::string response = switching_protocols_response(head.websocket_key);
   std::string pipelined = h.head.substr(head.head_bytes);  // head's views die below
 
-  const ConnId conn = gateway_.handle_open(user_id, now_ms_);
-  if (conn.index >= conn_to_socket_.size()) conn_to_socket_.resize(size_t(conn.index) + 1, no_socket);
-  conn_to_socket_[conn.index] = index;
+  // The core keeps our slot reference for this connection (socket_of).
+  const ConnId conn = gateway_.handle_open(user_id, now_ms_, socket_tag(index, s.generation));
   s.conn = conn;
   s.ws.emplace(gateway_, conn, options_.limits);
   s.phase = Phase::websocket;
@@ -151,6 +148,7 @@ std::string EventLoop::render_metrics() const {
   out += "# HELP wsgate_sockets_in_use Sockets held by the event loop (handshakes included).\n"
          "# TYPE wsgate_sockets_in_use gauge\n"
          "wsgate_sockets_in_use" + label + std::to_string(sockets_.in_use()) + "\n";
+  out += render_shm_metrics(label);
   return out;
 }
 

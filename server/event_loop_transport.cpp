@@ -6,13 +6,16 @@
 #include <netinet/tcp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <exception>
 
 #include "clock.hpp"
 #include "event_loop.hpp"
 #include "log.hpp"
 #include "shm_bus.hpp"
+#include "transport_options.hpp"
 #include "user_data.hpp"
 
 namespace wsgate::server {
@@ -20,9 +23,6 @@ namespace wsgate::server {
 namespace {
 // shm has no file descriptor to wake the loop: it is polled this often.
 constexpr uint64_t shm_poll_interval_ms = 1;
-
-// Overhead of the gateway's envelope around a message (origin, sequence).
-constexpr uint32_t envelope_overhead_bytes = 1024;
 }  // namespace
 
 std::unique_ptr<Transport> EventLoop::make_transport() {
@@ -35,19 +35,53 @@ std::unique_ptr<Transport> EventLoop::make_transport() {
     o.prefix = options_.redis_prefix;
     o.node_id = options_.node_id;
     o.presence_ttl_ms = options_.presence_ttl_ms;
-    o.max_payload_bytes = std::max(o.max_payload_bytes, options_.limits.max_message_bytes + envelope_overhead_bytes);
+    // Consistent with max_message_bytes (options.cpp checked it).
+    o.max_output_bytes = options_.buffers.redis_output_max_bytes;
+    o.max_payload_bytes = options_.buffers.redis_payload_max_bytes;
+    o.max_inbound_bytes = options_.buffers.redis_inbound_max_bytes;
     auto t = std::make_unique<RedisTransport>(o, static_cast<RedisIo&>(*this));
     redis_ = t.get();
     return t;
   }
   if (options_.transport == "shm") {
-    ShmBusOptions o;
-    o.node_ttl_ms = options_.presence_ttl_ms;
-    transport_polls_ = true;
-    return std::make_unique<ShmTransport>(options_.shm_name, options_.node_id, o, monotonic_ms());
+    // A segment we may not use (another user's, a mode other than 0600, all
+    // slots live) ends the start-up with its reason, not an abort: start()
+    // returns it.
+    try {
+      auto t = std::make_unique<ShmTransport>(options_.shm_name, options_.node_id, shm_bus_options_for(options_),
+                                              monotonic_ms());
+      shm_ = t.get();
+      transport_polls_ = true;
+      return t;
+    } catch (const std::exception& e) {
+      transport_error_ = e.what();
+      return nullptr;
+    }
   }
-  local_bus_ = std::make_unique<LocalBus>();
+  local_bus_ = std::make_unique<LocalBus>(local_bus_options_for(options_));
   return std::make_unique<LocalTransport>(*local_bus_, options_.node_id);
+}
+
+// The shm bus's counters: a full presence table refuses entries (bounded)
+// and says so here, not silently.
+std::string EventLoop::render_shm_metrics(const std::string& label) const {
+  if (!shm_) return {};
+  const ShmTransportCounters& c = shm_->counters();
+  std::string out;
+  auto add = [&](const char* name, const char* type, const char* help, uint64_t value) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + label +
+           std::to_string(value) + "\n";
+  };
+  add("wsgate_shm_presence_refused_total", "counter",
+      "Presence entries of this node not written: the segment's presence table was full (or the user id too long).",
+      c.presence_refused);
+  add("wsgate_shm_presence_max_entries", "gauge", "Capacity of the segment's presence table ((user, node) pairs).",
+      shm_->max_presence_entries());
+  add("wsgate_shm_subscriptions_refused_total", "counter", "Subscriptions refused past the per-node maximum.",
+      c.subscriptions_refused);
+  add("wsgate_shm_backpressure_total", "counter", "Publishes refused because a subscriber's ring was full.",
+      c.backpressure);
+  return out;
 }
 
 uint64_t EventLoop::next_transport_deadline_ms() const {

@@ -4,6 +4,7 @@
 #include <unistd.h>
 
 #include <array>
+#include <bit>
 #include <charconv>
 #include <climits>
 #include <optional>
@@ -22,7 +23,7 @@ struct LimitFlag {
   const char* help;
 };
 
-constexpr std::array<LimitFlag, 18> limit_flags{{
+constexpr std::array<LimitFlag, 19> limit_flags{{
     {"--max-connections", "WSGATE_MAX_CONNECTIONS", &Limits::max_connections, "connections",
      "established WebSocket connections per node; the next upgrade gets 503"},
     {"--max-connections-per-ip", "WSGATE_MAX_CONNECTIONS_PER_IP", &Limits::max_connections_per_ip,
@@ -59,10 +60,53 @@ constexpr std::array<LimitFlag, 18> limit_flags{{
      "connections/s", "a draining node closes its connections (1001) at most this fast"},
     {"--max-tracked-origins", "WSGATE_MAX_TRACKED_ORIGINS", &Limits::max_tracked_origins, "publishers",
      "cluster: publishers whose last sequence number is kept to drop duplicates"},
+    {"--max-tracked-publishes", "WSGATE_MAX_TRACKED_PUBLISHES", &Limits::max_tracked_publishes, "publishes",
+     "cluster: recent publishes whose sender is told if the transport loses them; older losses are counted only"},
 }};
 
 // A field added to Limits without a flag here fails the build.
 static_assert(sizeof(Limits) == limit_flags.size() * sizeof(uint32_t), "every field of Limits needs a flag");
+
+// One row per field of BufferLimits, named the same way.
+struct BufferFlag {
+  const char* flag;
+  const char* env;
+  uint32_t BufferLimits::*field;
+  const char* unit;
+  const char* help;
+};
+
+constexpr std::array<BufferFlag, 13> buffer_flags{{
+    {"--recv-pool-buffers", "WSGATE_RECV_POOL_BUFFERS", &BufferLimits::recv_pool_buffers, "buffers",
+     "receive buffers shared by all sockets (a power of two, at most 32768); when all are taken, receives wait"},
+    {"--recv-buffer-bytes", "WSGATE_RECV_BUFFER_BYTES", &BufferLimits::recv_buffer_bytes, "bytes",
+     "size of each receive buffer"},
+    {"--uring-sq-entries", "WSGATE_URING_SQ_ENTRIES", &BufferLimits::uring_sq_entries, "entries",
+     "io_uring submission queue (at most 32768)"},
+    {"--uring-cq-entries", "WSGATE_URING_CQ_ENTRIES", &BufferLimits::uring_cq_entries, "entries",
+     "io_uring completion queue (>= the submission queue, at most 65536)"},
+    {"--local-queue-max-bytes", "WSGATE_LOCAL_QUEUE_MAX_BYTES", &BufferLimits::local_queue_max_bytes, "bytes",
+     "transport local: bytes waiting for delivery; past it the sender gets 'transport busy'"},
+    {"--local-queue-max-messages", "WSGATE_LOCAL_QUEUE_MAX_MESSAGES", &BufferLimits::local_queue_max_messages,
+     "messages", "transport local: messages waiting for delivery; past it the sender gets 'transport busy'"},
+    {"--shm-ring-bytes", "WSGATE_SHM_RING_BYTES", &BufferLimits::shm_ring_bytes, "bytes",
+     "transport shm: inbound ring of each node (a multiple of 16), set by the node that creates the segment"},
+    {"--shm-max-nodes", "WSGATE_SHM_MAX_NODES", &BufferLimits::shm_max_nodes, "nodes",
+     "transport shm: node slots in the segment (at most 64)"},
+    {"--shm-presence-max-entries", "WSGATE_SHM_PRESENCE_MAX_ENTRIES", &BufferLimits::shm_presence_max_entries,
+     "entries", "transport shm: (user, node) pairs of the presence table; 0: 2 x max-connections"},
+    {"--shm-max-topics", "WSGATE_SHM_MAX_TOPICS", &BufferLimits::shm_max_topics, "topics",
+     "transport shm: topics of the subscription table; 0: the presence entries + 3 per node"},
+    {"--redis-output-max-bytes", "WSGATE_REDIS_OUTPUT_MAX_BYTES", &BufferLimits::redis_output_max_bytes, "bytes",
+     "transport redis: commands not yet written; past it the sender gets 'transport busy'"},
+    {"--redis-payload-max-bytes", "WSGATE_REDIS_PAYLOAD_MAX_BYTES", &BufferLimits::redis_payload_max_bytes, "bytes",
+     "transport redis: largest message published to Redis"},
+    {"--redis-inbound-max-bytes", "WSGATE_REDIS_INBOUND_MAX_BYTES", &BufferLimits::redis_inbound_max_bytes, "bytes",
+     "transport redis: messages read and not yet delivered; past it they are dropped and counted"},
+}};
+
+static_assert(sizeof(BufferLimits) == buffer_flags.size() * sizeof(uint32_t),
+              "every field of BufferLimits needs a flag");
 
 enum class StringFlag : uint8_t { host, port, node_id, transport, redis, redis_password, redis_prefix, presence_ttl_ms, shm_name, trusted_proxies };
 
@@ -120,15 +164,24 @@ std::string host_name() {
 
 // Applies one value to the options, from a flag or a variable (source names
 // it in the error). Returns an error line, or empty.
-std::string apply_limit(ServerOptions& o, const LimitFlag& f, std::string_view value,
-                        std::string_view source) {
+std::string apply_number(uint32_t& field, const char* unit, std::string_view value, std::string_view source) {
   auto v = parse_unsigned(value, UINT32_MAX);
   if (!v) {
-    return std::string(source) + ": expected a whole number of " + f.unit + " (0.." +
+    return std::string(source) + ": expected a whole number of " + unit + " (0.." +
            std::to_string(UINT32_MAX) + "), got '" + std::string(value) + "'";
   }
-  o.limits.*f.field = uint32_t(*v);
+  field = uint32_t(*v);
   return {};
+}
+
+std::string apply_limit(ServerOptions& o, const LimitFlag& f, std::string_view value,
+                        std::string_view source) {
+  return apply_number(o.limits.*f.field, f.unit, value, source);
+}
+
+std::string apply_buffer(ServerOptions& o, const BufferFlag& f, std::string_view value,
+                         std::string_view source) {
+  return apply_number(o.buffers.*f.field, f.unit, value, source);
 }
 
 std::string apply_other(ServerOptions& o, const OtherFlag& f, std::string_view value,
@@ -204,6 +257,7 @@ std::string check_node_id(const std::string& id) {
 }
 
 std::string default_text(const LimitFlag& f) { return std::to_string(Limits{}.*f.field); }
+std::string default_text(const BufferFlag& f) { return std::to_string(BufferLimits{}.*f.field); }
 
 }  // namespace
 
@@ -225,6 +279,7 @@ std::string explain_inconsistent_limits(const Limits& l) {
   add(l.load_report_interval_ms == 0, "load-report-interval-ms must be > 0");
   add(l.max_tracked_origins == 0, "max-tracked-origins must be > 0");
   add(l.drain_max_closes_per_s == 0, "drain-max-closes-per-s must be > 0");
+  add(l.max_tracked_publishes == 0, "max-tracked-publishes must be > 0");
   const uint64_t need = uint64_t(l.max_message_bytes) + 64 + uint64_t(l.max_user_id_bytes) * json_escape_expansion;
   if (uint64_t(l.send_queue_max_bytes) < need) {
     if (!why.empty()) why += "; ";
@@ -232,6 +287,45 @@ std::string explain_inconsistent_limits(const Limits& l) {
            std::to_string(need) + ")";
   }
   return "inconsistent limits: " + why;
+}
+
+std::string explain_inconsistent_buffers(const BufferLimits& b, const Limits& l, const std::string& transport) {
+  std::string why;
+  auto add = [&](bool bad, const std::string& text) {
+    if (!bad) return;
+    if (!why.empty()) why += "; ";
+    why += text;
+  };
+  const std::string publish = std::to_string(largest_publish_bytes(l));
+  add(!std::has_single_bit(b.recv_pool_buffers) || b.recv_pool_buffers > recv_pool_max_buffers,
+      "recv-pool-buffers must be a power of two, at most " + std::to_string(recv_pool_max_buffers));
+  add(b.recv_buffer_bytes < 64, "recv-buffer-bytes must be >= 64");
+  add(b.uring_sq_entries == 0 || b.uring_sq_entries > uring_max_sq_entries,
+      "uring-sq-entries must be 1.." + std::to_string(uring_max_sq_entries));
+  add(b.uring_cq_entries < b.uring_sq_entries || b.uring_cq_entries > uring_max_cq_entries,
+      "uring-cq-entries must be uring-sq-entries.." + std::to_string(uring_max_cq_entries));
+  if (transport == "local") {
+    add(!local_limits_are_consistent(b, l),
+        "local-queue-max-messages must be > 0 and local-queue-max-bytes >= the largest publish + 1024 (" +
+            std::to_string(largest_publish_bytes(l) + transport_max_topic_bytes) +
+            ": max-message-bytes + 64 + 6 * max-user-id-bytes + 2048)");
+  } else if (transport == "shm") {
+    add(b.shm_ring_bytes % 16 != 0 || b.shm_ring_bytes < largest_publish_bytes(l) + shm_record_overhead_bytes,
+        "shm-ring-bytes must be a multiple of 16 and >= " +
+            std::to_string(largest_publish_bytes(l) + shm_record_overhead_bytes) +
+            " (max-message-bytes + 64 + 6 * max-user-id-bytes + 2064)");
+    add(b.shm_max_nodes == 0 || b.shm_max_nodes > shm_max_nodes_limit,
+        "shm-max-nodes must be 1.." + std::to_string(shm_max_nodes_limit));
+    add(b.shm_presence_max_entries > shm_max_table_entries || b.shm_max_topics > shm_max_table_entries,
+        "shm-presence-max-entries and shm-max-topics must be at most " + std::to_string(shm_max_table_entries));
+  } else if (transport == "redis") {
+    add(b.redis_payload_max_bytes < largest_publish_bytes(l),
+        "redis-payload-max-bytes must be >= " + publish + " (max-message-bytes + 64 + 6 * max-user-id-bytes + 1024)");
+    add(b.redis_output_max_bytes < b.redis_payload_max_bytes ||
+            b.redis_inbound_max_bytes < b.redis_payload_max_bytes,
+        "redis-output-max-bytes and redis-inbound-max-bytes must be >= redis-payload-max-bytes");
+  }
+  return why.empty() ? why : "inconsistent buffer limits: " + why;
 }
 
 std::string options_help() {
@@ -260,6 +354,10 @@ std::string options_help() {
   for (const LimitFlag& f : limit_flags) {
     row(std::string(f.flag) + " N", f.help, default_text(f) + " " + f.unit, f.env);
   }
+  h += "\nBuffers and queues (memory a node holds in flight):\n";
+  for (const BufferFlag& f : buffer_flags) {
+    row(std::string(f.flag) + " N", f.help, default_text(f) + " " + f.unit, f.env);
+  }
   h += "\n  --help                            print this text and exit\n";
   return h;
 }
@@ -286,6 +384,11 @@ OptionsOutcome parse_options(int argc, const char* const* argv, const EnvLookup&
       if (std::string e = apply_limit(o, f, v, f.env); !e.empty()) return fail(e);
     }
   }
+  for (const BufferFlag& f : buffer_flags) {
+    if (const char* v = env(f.env)) {
+      if (std::string e = apply_buffer(o, f, v, f.env); !e.empty()) return fail(e);
+    }
+  }
 
   for (int i = 1; i < argc; ++i) {
     std::string_view arg = argv[i];
@@ -304,19 +407,25 @@ OptionsOutcome parse_options(int argc, const char* const* argv, const EnvLookup&
     const OtherFlag* other = nullptr;
     for (const LimitFlag& f : limit_flags)
       if (name == f.flag) limit = &f;
+    const BufferFlag* buffer = nullptr;
     for (const OtherFlag& f : other_flags)
       if (name == f.flag) other = &f;
-    if (!limit && !other) return fail("unknown argument '" + std::string(arg) + "' (see --help)");
+    for (const BufferFlag& f : buffer_flags)
+      if (name == f.flag) buffer = &f;
+    if (!limit && !other && !buffer) return fail("unknown argument '" + std::string(arg) + "' (see --help)");
     if (!value) {
       if (i + 1 >= argc) return fail(std::string(name) + " needs a value (see --help)");
       value = argv[++i];
     }
-    std::string e = limit ? apply_limit(o, *limit, *value, name) : apply_other(o, *other, *value, name);
+    std::string e = limit    ? apply_limit(o, *limit, *value, name)
+                    : buffer ? apply_buffer(o, *buffer, *value, name)
+                             : apply_other(o, *other, *value, name);
     if (!e.empty()) return fail(e);
   }
 
   if (std::string e = check_transport(o); !e.empty()) return fail(e);
   if (std::string e = explain_inconsistent_limits(o.limits); !e.empty()) return fail(e);
+  if (std::string e = explain_inconsistent_buffers(o.buffers, o.limits, o.transport); !e.empty()) return fail(e);
   if (o.node_id.empty()) o.node_id = host_name();
   if (std::string e = check_node_id(o.node_id); !e.empty()) return fail(e);
   if (o.redis.find(':') == std::string::npos) o.redis += ":6379";

@@ -28,6 +28,7 @@ struct ServerOptions {
   // X-Forwarded-For names the client for the per-IP limit.
   std::vector<std::string> trusted_proxies;
   Limits limits;
+  BufferLimits buffers;
 };
 
 // What parse_options decided: run with these options, print the help and
@@ -54,5 +55,9 @@ std::string ip_to_bytes(const std::string& ip);
 
 // Why limits_are_consistent() fails, in one line; empty if it holds.
 std::string explain_inconsistent_limits(const Limits& limits);
+// The same for the receive pool and the buffers of the transport in use
+// (the others are not checked: they are not used).
+std::string explain_inconsistent_buffers(const BufferLimits& buffers, const Limits& limits,
+                                         const std::string& transport);
 
 }  // namespace wsgate::server

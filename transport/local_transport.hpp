@@ -17,6 +17,7 @@
 #include <unordered_set>
 #include <vector>
 
+#include "wsgate/limits.hpp"
 #include "wsgate/string_hash.hpp"
 #include "wsgate/transport.hpp"
 
@@ -26,12 +27,13 @@ struct LocalBusOptions {
   // Per node: bytes (topic + payload) and messages waiting for its poll().
   // A node that stops polling fills its queue; publishes that would reach it
   // then return backpressure instead of growing memory without bound.
-  uint64_t inbound_queue_max_bytes = 64ull * 1024 * 1024;
-  uint32_t inbound_queue_max_messages = 65536;
+  // The server sets both from BufferLimits (limits.hpp, one flag each).
+  uint64_t inbound_queue_max_bytes = BufferLimits{}.local_queue_max_bytes;
+  uint32_t inbound_queue_max_messages = BufferLimits{}.local_queue_max_messages;
   // Larger publishes are refused (too_large). One message must fit an empty
   // queue, or a subscriber could never receive it.
   uint32_t max_payload_bytes = 16 * 1024 * 1024;
-  uint32_t max_topic_bytes = 1024;
+  uint32_t max_topic_bytes = transport_max_topic_bytes;
   // Topics one node may subscribe to at once (a node subscribes one topic
   // per connected user, so this follows Limits::max_connections).
   uint32_t max_subscriptions_per_node = 200000;

@@ -47,13 +47,14 @@ struct RedisOptions {
   uint32_t reconnect_min_ms = 50;    // backoff doubles from here...
   uint32_t reconnect_max_ms = 2000;  // ...up to here
   uint32_t connect_timeout_ms = 2000;
-  // Commands not yet written to the command link; past it publish()
-  // answers backpressure.
-  uint32_t max_output_bytes = 8 * 1024 * 1024;
+  // The server sets the three buffers from BufferLimits (limits.hpp, one
+  // flag each). Commands not yet written to the command link; past it
+  // publish() answers backpressure.
+  uint32_t max_output_bytes = BufferLimits{}.redis_output_max_bytes;
   // Largest message; Redis itself allows 512 MiB, a gateway does not need it.
-  uint32_t max_payload_bytes = 1024 * 1024;
+  uint32_t max_payload_bytes = BufferLimits{}.redis_payload_max_bytes;
   // Messages read but not yet delivered by poll().
-  uint32_t max_inbound_bytes = 16 * 1024 * 1024;
+  uint32_t max_inbound_bytes = BufferLimits{}.redis_inbound_max_bytes;
   // After (re)connecting, a PUBLISH that reached no subscriber may just have
   // beaten the other nodes' resubscription: it is reported lost, not taken
   // as proof that the user is offline.

@@ -2,14 +2,21 @@
 
 #include "wsgate/assert.hpp"
 
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <bit>
 #include <boost/interprocess/managed_shared_memory.hpp>
 #include <boost/interprocess/offset_ptr.hpp>
+#include <boost/interprocess/permissions.hpp>
 #include <boost/interprocess/shared_memory_object.hpp>
 #include <cerrno>
+#include <cstdio>
 #include <cstring>
 #include <set>
 #include <stdexcept>
@@ -28,6 +35,9 @@ constexpr uint32_t pad_topic_bytes = 0xFFFFFFFF;
 // Room for Boost's own bookkeeping (named-object index, allocator headers).
 constexpr uint64_t segment_slack_bytes = 256 * 1024;
 constexpr uint64_t shared_alignment_bytes = 64;
+// The segment carries every user's messages and presence: only the user
+// the nodes run as may map it.
+constexpr mode_t segment_mode = 0600;
 
 struct RecordHeader {
   uint32_t record_bytes;  // the whole record, header and padding included
@@ -161,6 +171,14 @@ struct ShmBus::Layout {
     void* p = memory->allocate_aligned(bytes, shared_alignment_bytes);
     std::memset(p, 0, bytes);
     return p;
+  }
+
+  // What creating the segment writes at once (every table is cleared); the
+  // rings are written only as messages flow.
+  static uint64_t table_bytes(const ShmBusOptions& o) {
+    return segment_slack_bytes + sizeof(Layout) + sizeof(NodeSlot) * o.max_nodes +
+           sizeof(TopicEntry) * table_slots_for(o.max_topics) +
+           sizeof(PresenceEntry) * table_slots_for(o.max_presence_entries);
   }
 
   static uint64_t segment_bytes(const ShmBusOptions& o) {
@@ -365,6 +383,54 @@ bool record_is_valid(const RecordHeader& h, uint64_t pos, uint64_t head, uint64_
 
 }  // namespace shm_detail
 
+// Refuses a segment that another user owns (it could have planted it to
+// read or inject messages) or that others may open (created by an earlier
+// version with 0644, or chmod-ed). A wider segment is not narrowed in
+// place: a process that mapped it meanwhile would keep reading, so the
+// operator removes it, and the next node creates it 0600. Checked after
+// Boost opened the name: in /dev/shm (sticky) nobody else can replace a
+// file we own, so what we check is what we mapped.
+void check_segment_is_private(const std::string& shm_name) {
+  const std::string path = shm_name.starts_with('/') ? shm_name : "/" + shm_name;
+  const int fd = shm_open(path.c_str(), O_RDONLY | O_CLOEXEC, 0);
+  if (fd < 0) throw std::runtime_error("shm bus: segment '" + shm_name + "' vanished while opening it");
+  struct stat st {};
+  const int rc = fstat(fd, &st);
+  close(fd);
+  if (rc != 0) throw std::runtime_error("shm bus: cannot stat segment '" + shm_name + "'");
+  if (st.st_uid != geteuid())
+    throw std::runtime_error("shm bus: segment '" + shm_name + "' belongs to uid " + std::to_string(st.st_uid) +
+                             ", not to this user; refusing it");
+  if ((st.st_mode & 0777) != segment_mode) {
+    char mode[8];
+    std::snprintf(mode, sizeof mode, "%04o", unsigned(st.st_mode & 0777));
+    throw std::runtime_error("shm bus: segment '" + shm_name + "' has mode " + mode +
+                             " (others may map it); stop its nodes and remove /dev/shm" + path +
+                             ", the next node creates it 0600");
+  }
+}
+
+// /dev/shm is often small (64 MiB in a container by default), and the
+// presence table grows with max_connections. Clearing the tables of a new
+// segment past the free space would kill the node with SIGBUS: say why
+// instead. (Advisory: something else may fill /dev/shm meanwhile.)
+void check_room_to_create(const std::string& shm_name, uint64_t table_bytes) {
+  const std::string path = shm_name.starts_with('/') ? shm_name : "/" + shm_name;
+  if (const int fd = shm_open(path.c_str(), O_RDONLY | O_CLOEXEC, 0); fd >= 0) {
+    close(fd);
+    return;  // it exists: its creator wrote the tables
+  }
+  struct statvfs vfs {};
+  if (statvfs("/dev/shm", &vfs) != 0) return;
+  const uint64_t free_bytes = uint64_t(vfs.f_bavail) * vfs.f_frsize;
+  if (free_bytes >= table_bytes) return;
+  throw std::runtime_error("shm bus: creating segment '" + shm_name + "' needs " +
+                           std::to_string(table_bytes >> 20) + " MiB of /dev/shm for its tables, " +
+                           std::to_string(free_bytes >> 20) +
+                           " MiB are free: lower the presence table (--shm-presence-max-entries, or "
+                           "--max-connections) or enlarge /dev/shm");
+}
+
 // --- ShmTransport: joining and leaving ---------------------------------------
 
 ShmTransport::ShmTransport(const std::string& shm_name, std::string node_id, const ShmBusOptions& options,
@@ -373,9 +439,12 @@ ShmTransport::ShmTransport(const std::string& shm_name, std::string node_id, con
   if (!shm_bus_options_are_consistent(options_)) throw std::runtime_error("shm bus: inconsistent options");
   if (node_id_.empty() || node_id_.size() > shm_max_node_id_bytes)
     throw std::runtime_error("shm bus: node id must be 1.." + std::to_string(shm_max_node_id_bytes) + " bytes");
+  check_room_to_create(shm_name, ShmBus::Layout::table_bytes(options_));
   segment_ = std::make_unique<ShmBus::Segment>();
-  segment_->memory =
-      bip::managed_shared_memory(bip::open_or_create, shm_name.c_str(), ShmBus::Layout::segment_bytes(options_));
+  segment_->memory = bip::managed_shared_memory(bip::open_or_create, shm_name.c_str(),
+                                                ShmBus::Layout::segment_bytes(options_), nullptr,
+                                                bip::permissions(segment_mode));
+  check_segment_is_private(shm_name);
   ShmBus::Layout* layout = segment_->memory.find_or_construct<ShmBus::Layout>("wsgate.bus")(
       options_, segment_->memory.get_segment_manager());
   if (layout->magic != segment_magic || layout->version != layout_version)
@@ -540,6 +609,10 @@ uint32_t ShmTransport::max_payload_bytes() const {
 }
 
 uint32_t ShmTransport::max_nodes() const { return segment_->layout->max_nodes; }
+
+uint32_t ShmTransport::max_presence_entries() const { return segment_->layout->max_presence_entries; }
+
+uint32_t ShmTransport::max_topics() const { return segment_->layout->max_topics; }
 
 // All-or-nothing: either every live subscriber's ring takes the record or
 // none does, so backpressure never means "delivered to some".

@@ -35,10 +35,11 @@
 
 namespace wsgate {
 
-// A topic's subscribers are one bit each in a 64-bit mask.
-inline constexpr uint32_t shm_max_nodes_limit = 64;
+// A topic's subscribers are one bit each in a 64-bit mask
+// (shm_max_nodes_limit, limits.hpp).
 inline constexpr uint32_t shm_record_align_bytes = 16;
-inline constexpr uint32_t shm_max_topic_bytes = 1024;
+inline constexpr uint32_t shm_max_topic_bytes = transport_max_topic_bytes;
+static_assert(shm_record_overhead_bytes == shm_record_align_bytes + shm_max_topic_bytes);
 inline constexpr uint32_t shm_max_node_id_bytes = 64;
 inline constexpr uint32_t shm_max_user_bytes = 256;
 static_assert(Limits{}.max_user_id_bytes <= shm_max_user_bytes, "every accepted user id must fit presence");
@@ -46,13 +47,17 @@ static_assert(Limits{}.max_user_id_bytes <= shm_max_user_bytes, "every accepted 
 struct ShmBusOptions {
   // The segment's layout: used by the node that creates the segment; nodes
   // that open an existing segment adopt the layout stored in it.
-  uint32_t max_nodes = shm_max_nodes_limit;
+  // The server sets each from its BufferLimits (limits.hpp, one flag each).
+  uint32_t max_nodes = BufferLimits{}.shm_max_nodes;
   // Per node. The largest payload is ring_bytes minus one record header and
   // the longest topic, so that any accepted message fits an empty ring.
-  uint32_t ring_bytes = 1024 * 1024;
+  uint32_t ring_bytes = BufferLimits{}.shm_ring_bytes;
   // Distinct topics subscribed by any node at once. Past it, a node's extra
   // subscriptions overflow: it receives every publish and filters locally
   // (slower, counted in topic_overflow, never lost).
+  // The server derives both tables from its connection limits
+  // (shm_topics_for, shm_presence_entries_for); these small defaults are
+  // for tests and embedders.
   uint32_t max_topics = 65536;
   // (user, node) pairs; past it set_presence is refused and counted.
   uint32_t max_presence_entries = 16384;
@@ -67,7 +72,8 @@ struct ShmBusOptions {
 constexpr bool shm_bus_options_are_consistent(const ShmBusOptions& o) {
   return o.max_nodes > 0 && o.max_nodes <= shm_max_nodes_limit && o.ring_bytes % shm_record_align_bytes == 0 &&
          o.ring_bytes >= 4 * (shm_record_align_bytes + shm_max_topic_bytes) && o.max_topics > 0 &&
-         o.max_presence_entries > 0 && o.node_ttl_ms > 0 && o.max_subscriptions_per_node > 0;
+         o.max_topics <= shm_max_table_entries && o.max_presence_entries > 0 &&
+         o.max_presence_entries <= shm_max_table_entries && o.node_ttl_ms > 0 && o.max_subscriptions_per_node > 0;
 }
 static_assert(shm_bus_options_are_consistent(ShmBusOptions{}));
 
@@ -112,12 +118,13 @@ class ShmBus {
 
 class ShmTransport final : public Transport {
  public:
-  // Opens shm_name (creating it with options' layout if it does not exist)
-  // and claims a node slot: the slot of a previous node with the same id
+  // Opens shm_name (creating it 0600 with options' layout if it does not
+  // exist) and claims a node slot: the slot of a previous node with the same id
   // (a restart), else a free slot, else a dead one. Throws
   // std::runtime_error if every slot is held by a live node, if node_id is
-  // empty or longer than shm_max_node_id_bytes, or the options are
-  // inconsistent.
+  // empty or longer than shm_max_node_id_bytes, if the options are
+  // inconsistent, or if the segment belongs to another user or has a mode
+  // other than 0600 (others could read or write every message).
   ShmTransport(const std::string& shm_name, std::string node_id, const ShmBusOptions& options, uint64_t now_ms);
   // Releases the slot: subscriptions and presence go at once.
   ~ShmTransport() override;
@@ -142,6 +149,9 @@ class ShmTransport final : public Transport {
   uint32_t slot() const { return slot_; }
   uint32_t max_payload_bytes() const;
   uint32_t max_nodes() const;
+  // The segment's tables, as its creator sized them.
+  uint32_t max_presence_entries() const;
+  uint32_t max_topics() const;
   const ShmTransportCounters& counters() const { return counters_; }
   ShmBusCounters bus_counters() const;
   // Bytes waiting in this node's ring.

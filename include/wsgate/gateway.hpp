@@ -82,7 +82,10 @@ class Gateway : private TransportSink {
   // The upgrade completed. An empty user_id means the identity is missing:
   // the connection is opened and a close 4001 is requested at once, as the
   // protocol says. Never fails: admission was decided before.
-  ConnId handle_open(std::string_view user_id, uint64_t now_ms);
+  // driver_tag: the driver's own handle for this connection (the server's
+  // socket slot), kept for it and read back with driver_tag(id), so the
+  // driver needs no map of its own from ConnId to its state.
+  ConnId handle_open(std::string_view user_id, uint64_t now_ms, uint64_t driver_tag = 0);
 
   // A complete text message (wslay reassembled it and checked UTF-8).
   void handle_text(ConnId id, std::string_view payload, uint64_t now_ms);
@@ -122,6 +125,10 @@ class Gateway : private TransportSink {
   // --- state --------------------------------------------------------------
 
   bool is_open(ConnId id) const;
+  // The tag handle_open was given; no_driver_tag if id is stale (closed
+  // since, or never opened).
+  static constexpr uint64_t no_driver_tag = UINT64_MAX;
+  uint64_t driver_tag(ConnId id) const;
   // True once a close was requested for this connection.
   bool is_closing(ConnId id) const;
   std::string_view user_of(ConnId id) const;
@@ -189,14 +196,15 @@ class Gateway : private TransportSink {
   uint64_t publish_seq_ = 0;
   // Who sent the recent accepted publishes, by publish number, so a publish
   // the transport later reports lost is reported to its sender. A ring: a
-  // loss reported after publish_senders_max newer publishes is counted only.
-  static constexpr size_t publish_senders_max = 4096;
+  // loss reported after Limits::max_tracked_publishes newer publishes is
+  // counted only.
   struct PublishSender {
     uint64_t number = 0;
     ConnId from;
     bool direct = false;  // a send_message (not a broadcast or a report)
   };
-  std::vector<PublishSender> publish_senders_ = std::vector<PublishSender>(publish_senders_max);
+  std::vector<PublishSender> publish_senders_;  // max_tracked_publishes of them
+  PublishSender& publish_sender(uint64_t number) { return publish_senders_[number % publish_senders_.size()]; }
   uint64_t publishes_accepted_ = 0;
   struct OriginState {
     uint64_t last_seq;

@@ -82,3 +82,46 @@ def test_kill9_and_restart_with_the_same_node_id(cluster):  # noqa: F811
 
     run(body)
     assert os.path.exists(f"/dev/shm/{name}")
+
+
+def test_segment_is_0600_and_sized_from_the_limits(cluster):  # noqa: F811
+    """The real binary creates its segment readable by its own user only
+    (it carries every message and user id of the host), whatever the umask,
+    and sizes its presence table from --shm-presence-max-entries (or from
+    --max-connections); a full table is counted in /metrics."""
+    import stat
+    name = cluster.shm_name()
+    old = os.umask(0)  # the child inherits it: 0644 would stay 0644
+    try:
+        a = cluster.shm_node(name, "S1", "--shm-presence-max-entries", "3", "--max-connections", "100")
+    finally:
+        os.umask(old)
+    wait_health(a, lambda h: h.get("transport_connected") is True, what="shm transport up")
+    st = os.stat(f"/dev/shm/{name}")
+    assert stat.S_IMODE(st.st_mode) == 0o600, oct(st.st_mode)
+    assert st.st_uid == os.geteuid()
+    assert a.metrics().get("wsgate_shm_presence_max_entries") == 3
+
+    async def body(clients):
+        users = [uid(f"p{i}") for i in range(4)]
+        for u in users:
+            await clients.connect(a.url(u), u)
+        await async_wait(lambda: a.metrics().get("wsgate_shm_presence_refused_total") == 1,
+                         what="the fourth user's presence counted as refused")
+
+    run(body)
+
+
+def test_a_segment_others_may_read_is_refused(cluster):  # noqa: F811
+    """A segment left 0644 (by an older node, or chmod) is refused at start
+    with a reason and exit status 1, not used and not silently narrowed."""
+    import subprocess
+    from wsgate_fixture import wsgate_bin
+    name = cluster.shm_name()
+    a = cluster.shm_node(name, "S1")
+    wait_health(a, lambda h: h.get("transport_connected") is True, what="shm transport up")
+    os.chmod(f"/dev/shm/{name}", 0o644)
+    p = subprocess.run([wsgate_bin(), "--port", "0", "--transport", "shm", "--shm-name", name, "--node-id", "S2"],
+                       capture_output=True, timeout=20, stdin=subprocess.DEVNULL)
+    assert p.returncode == 1, (p.returncode, p.stderr[-500:])
+    assert b"mode 0644" in p.stderr, p.stderr[-500:]

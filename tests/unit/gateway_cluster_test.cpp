@@ -183,14 +183,17 @@ class LosingTransport final : public Transport {
   }
   void set_presence(std::string_view u, uint32_t n) override { inner_.set_presence(u, n); }
   size_t poll(uint64_t now_ms) override {
-    if (lose_from) sink_->on_transport_publish_lost(lose_from, accepted - lose_from + 1, PublishLoss::connection_lost);
+    if (lose_from)
+      sink_->on_transport_publish_lost(lose_from, lose_count ? lose_count : accepted - lose_from + 1,
+                                       PublishLoss::connection_lost);
     if (unrouted) sink_->on_transport_publish_unrouted(unrouted);
-    lose_from = unrouted = 0;
+    lose_from = unrouted = lose_count = 0;
     return inner_.poll(now_ms);
   }
   TransportState state() const override { return inner_.state(); }
   uint64_t accepted = 0;
   uint64_t lose_from = 0;
+  uint64_t lose_count = 0;  // 0: up to the last accepted
   uint64_t unrouted = 0;
 
  private:
@@ -210,6 +213,54 @@ TEST_F(Cluster, PublishReportedLostLaterIsReportedToItsSender) {
   EXPECT_EQ(texts(a, alice), Texts{R"({"type":"error","message":"Not delivered to other nodes: transport connection lost"})"});
   EXPECT_TRUE(texts(a, other).empty());
   EXPECT_EQ(a.metrics().transport_publish_lost_total, 1u);
+}
+
+// The sender of a publish is remembered for max_tracked_publishes newer
+// publishes. A loss reported later is counted, and told to nobody: the ring
+// slot now names a newer publish and maybe another sender.
+TEST_F(Cluster, ALossReportedAfterTheSenderRingWrappedIsCountedOnly) {
+  LocalTransport inner(bus, "A");
+  LosingTransport losing(inner);
+  Limits limits;
+  limits.max_tracked_publishes = 4;
+  Gateway a(GatewayConfig{"A", 1, limits}, &losing);
+  ConnId alice = a.handle_open("alice", now);
+  ConnId bob = a.handle_open("bob", now);
+  a.handle_text(alice, R"({"type":"send_message","target_user":"zed","content":1})", now);
+  const uint64_t alices = losing.accepted;
+  for (int i = 0; i < 4; ++i) a.handle_text(bob, R"({"type":"send_message","target_user":"zed","content":2})", now);
+  // alice's publish is reported lost after four newer ones took the ring.
+  losing.lose_from = alices;
+  losing.lose_count = 1;
+  losing.poll(now);
+  EXPECT_TRUE(texts(a, alice).empty()) << "no error for a publish no longer tracked";
+  EXPECT_TRUE(texts(a, bob).empty()) << "nor to the sender now in its ring slot";
+  EXPECT_EQ(a.metrics().transport_publish_lost_total, 1u);
+  // Inside the ring, the sender is told.
+  losing.lose_from = losing.accepted;
+  losing.lose_count = 1;
+  losing.poll(now);
+  EXPECT_EQ(texts(a, bob), Texts{R"({"type":"error","message":"Not delivered to other nodes: transport connection lost"})"});
+  EXPECT_EQ(a.metrics().transport_publish_lost_total, 2u);
+}
+
+// A node's own bus queue full (nothing polled it): the sender is told, and
+// local delivery still happens.
+TEST_F(Cluster, AFullBusQueueIsReportedToTheSender) {
+  LocalBusOptions o;
+  o.inbound_queue_max_messages = 2;
+  LocalBus small(o);
+  LocalTransport t(small, "A");
+  Gateway a(GatewayConfig{"A", 1, {}}, &t);
+  ConnId alice = a.handle_open("alice", now);
+  ConnId bob = a.handle_open("bob", now);
+  for (int i = 0; i < 3; ++i) a.handle_text(alice, R"({"type":"broadcast","content":1})", now);
+  const Texts errors = texts(a, alice);
+  ASSERT_FALSE(errors.empty());
+  EXPECT_EQ(errors.back(), R"({"type":"error","message":"Not delivered to other nodes: transport busy, retry"})");
+  EXPECT_EQ(texts(a, bob).size(), 3u) << "local delivery does not depend on the bus";
+  EXPECT_EQ(a.metrics().transport_publish_failed_total, 1u);
+  EXPECT_EQ(small.counters().backpressure, 1u);
 }
 
 TEST_F(Cluster, ADirectMessageThatReachedNoNodeIsCountedUndeliverable) {

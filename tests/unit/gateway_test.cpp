@@ -29,6 +29,28 @@ TEST(Gateway, PingGetsPong) {
   EXPECT_EQ(gw.metrics().messages_out_total[size_t(MessageType::pong)], 1u);
 }
 
+// The driver keeps no map from ConnId to its own state: the core holds the
+// driver's tag per connection and forgets it with the connection.
+TEST(Gateway, DriverTagRoundTripsAndGoesStaleWithTheConnection) {
+  Gateway gw(small_config());
+  const ConnId a = gw.handle_open("alice", 0, 0x0000000700000003);
+  const ConnId b = gw.handle_open("bob", 0, 42);
+  const ConnId untagged = gw.handle_open("carol", 0);
+  EXPECT_EQ(gw.driver_tag(a), 0x0000000700000003u);
+  EXPECT_EQ(gw.driver_tag(b), 42u);
+  EXPECT_EQ(gw.driver_tag(untagged), 0u);
+  gw.handle_closed(a);
+  EXPECT_EQ(gw.driver_tag(a), Gateway::no_driver_tag);
+  // The slot is reused for the next connection: the old id stays stale and
+  // never reads the new connection's tag.
+  const ConnId c = gw.handle_open("dave", 0, 99);
+  EXPECT_EQ(c.index, a.index);
+  EXPECT_EQ(gw.driver_tag(c), 99u);
+  EXPECT_EQ(gw.driver_tag(a), Gateway::no_driver_tag);
+  EXPECT_EQ(gw.driver_tag(ConnId{1000, 0}), Gateway::no_driver_tag) << "never opened";
+  EXPECT_EQ(gw.driver_tag(b), 42u);
+}
+
 TEST(Gateway, DirectMessageReachesEveryConnectionOfTheTargetAndNobodyElse) {
   Gateway gw(small_config());
   ConnId a = gw.handle_open("alice", 0);

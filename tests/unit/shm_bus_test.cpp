@@ -1,7 +1,10 @@
 // What the shared-memory bus does beyond the transport contract: real
 // concurrency (threads, processes), crashed and reclaimed slots, ring
 // wrap-around, and every table's bound.
+#include <fcntl.h>
 #include <gtest/gtest.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -12,7 +15,9 @@
 #include <thread>
 #include <vector>
 
+#include "options.hpp"
 #include "shm_bus.hpp"
+#include "transport_options.hpp"
 
 namespace wsgate::test {
 namespace {
@@ -320,6 +325,95 @@ TEST_F(ShmBusTest, BoundsOnPresenceNodesAndIds) {
   EXPECT_THROW(ShmTransport(name_ + "x", std::string(shm_max_node_id_bytes + 1, 'n'), o, 0), std::runtime_error);
   EXPECT_THROW(ShmTransport(name_ + "x", "", o, 0), std::runtime_error);
   ShmBus::remove(name_ + "x");
+}
+
+mode_t segment_mode(const std::string& name) {
+  struct stat st {};
+  if (stat(("/dev/shm/" + name).c_str(), &st) != 0) return 0;
+  return st.st_mode & 0777;
+}
+
+// Every message and every user id passes through the segment: only the
+// user the nodes run as may map it, whatever the umask.
+TEST_F(ShmBusTest, SegmentIsCreatedReadableByItsUserOnly) {
+  const mode_t old_umask = umask(0);
+  {
+    ShmTransport a(name_, "a", ShmBusOptions{}, 0);
+    EXPECT_EQ(segment_mode(name_), 0600u);
+  }
+  umask(old_umask);
+}
+
+// A segment others may map (an older node created it 0644, or someone
+// chmod-ed it) is refused, not narrowed: whoever mapped it meanwhile would
+// keep reading. The operator removes it and the next node creates it 0600.
+TEST_F(ShmBusTest, ASegmentOthersMayMapIsRefused) {
+  { ShmTransport a(name_, "a", ShmBusOptions{}, 0); }
+  const int fd = shm_open(("/" + name_).c_str(), O_RDWR, 0);
+  ASSERT_GE(fd, 0);
+  ASSERT_EQ(fchmod(fd, 0644), 0);
+  close(fd);
+  try {
+    ShmTransport b(name_, "b", ShmBusOptions{}, 0);
+    ADD_FAILURE() << "a 0644 segment was accepted";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("mode 0644"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(segment_mode(name_), 0644u) << "refused, left as it was";
+  ShmBus::remove(name_);
+  ShmTransport c(name_, "c", ShmBusOptions{}, 0);
+  EXPECT_EQ(segment_mode(name_), 0600u);
+}
+
+server::ServerOptions parsed(std::vector<const char*> args) {
+  args.insert(args.begin(), "wsgate");
+  const server::OptionsOutcome out =
+      server::parse_options(int(args.size()), args.data(), [](const char*) -> const char* { return nullptr; });
+  EXPECT_EQ(out.kind, server::OptionsOutcome::Kind::run) << out.message;
+  return out.options;
+}
+
+// The server sizes the presence table from its connection limits, or from
+// the flag; a full table refuses the entry and counts it (messages still
+// flow: presence is what is bounded).
+TEST_F(ShmBusTest, PresenceCapacityFollowsTheFlagAndAFullTableIsCounted) {
+  EXPECT_EQ(server::shm_bus_options_for(parsed({"--transport", "shm"})).max_presence_entries,
+            2 * Limits{}.max_connections)
+      << "default: two full nodes of distinct users";
+  EXPECT_EQ(server::shm_bus_options_for(parsed({"--max-connections", "500"})).max_presence_entries, 1000u);
+  const ShmBusOptions o = server::shm_bus_options_for(
+      parsed({"--transport", "shm", "--shm-presence-max-entries", "8", "--shm-max-nodes", "2", "--max-connections", "100"}));
+  EXPECT_EQ(o.max_presence_entries, 8u);
+  EXPECT_EQ(o.max_topics, 8u + 3 * 2) << "derived from the presence table";
+  ShmTransport a(name_, "a", o, 0);
+  ShmTransport b(name_, "b", o, 0);
+  EXPECT_EQ(b.max_presence_entries(), 8u);
+  for (int i = 0; i < 5; ++i) a.set_presence("a" + std::to_string(i), 1);
+  for (int i = 0; i < 5; ++i) b.set_presence("b" + std::to_string(i), 1);
+  EXPECT_EQ(a.counters().presence_refused + b.counters().presence_refused, 2u);
+  EXPECT_EQ(b.counters().presence_refused, 2u) << "the later writer finds the table full";
+  EXPECT_EQ(a.bus_counters().presence_table_full, 2u);
+  EXPECT_EQ(a.online_users().size(), 8u);
+  a.subscribe("t");
+  b.publish("t", "still flows");
+  Collector sink;
+  a.set_sink(&sink);
+  a.poll(1);
+  EXPECT_EQ(sink.messages.size(), 1u);
+}
+
+// Tables larger than /dev/shm's free space: refused with the reason, before
+// anything is created (clearing them would end in SIGBUS).
+TEST_F(ShmBusTest, TablesLargerThanDevShmAreRefusedBeforeCreating) {
+  ShmBusOptions o;
+  o.max_presence_entries = shm_max_table_entries;  // 2^29 slots x 272 bytes: 146 GB
+  try {
+    ShmTransport a(name_, "a", o, 0);
+    ADD_FAILURE() << "created a segment larger than /dev/shm";
+  } catch (const std::runtime_error& e) {
+    EXPECT_NE(std::string(e.what()).find("MiB of /dev/shm"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(segment_mode(name_), 0u) << "nothing was created";
 }
 
 TEST_F(ShmBusTest, LeavingNodeTakesItsSubscriptionsAndPresence) {
