@@ -51,6 +51,7 @@ void append_client_frame(std::string& out, Opcode op, std::string_view payload, 
 void Simulation::send_frame(uint32_t c, Opcode op, std::string_view payload) {
   Client& cl = clients_[c];
   Conn& cn = nodes_[cl.node].conns[cl.conn.index];
+  if (!cn.live || cn.client != c || !cn.ws) return;  // the socket went meanwhile
   std::string& wire = frame_scratch_;
   wire.clear();
   append_client_frame(wire, op, payload, uint64_t(c) << 32 ^ cl.frames_sent++);
@@ -239,6 +240,7 @@ void Simulation::on_act(uint32_t c, uint32_t epoch) {
   if ((cl.seq & 7) == 7) {
     ++result_.stats.client_pings;
     send_frame(c, Opcode::ping, "p");
+    if (cl.epoch != epoch || cl.state != ClientState::open) return;
   }
   send_direct(c);
   if (cl.epoch == epoch && cl.state == ClientState::open)
