@@ -2,6 +2,7 @@
 // 101 response: what a connection storm pays for each new client.
 #include <benchmark/benchmark.h>
 
+#include <string>
 #include <string_view>
 
 #include "wsgate/handshake.hpp"
@@ -62,5 +63,44 @@ void BM_FullUpgrade(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * int64_t(kBrowserUpgrade.size()));
 }
 BENCHMARK(BM_FullUpgrade);
+
+// A head of about 8 KiB trickled one byte per read (a slowloris client, or
+// a very fragmented network): the work the driver does for it in all.
+std::string eight_kib_head() {
+  std::string head = "GET /ws?user_id=a HTTP/1.1\r\nHost: x\r\n";
+  while (head.size() < 8192 - 64) head += "X-Pad: " + std::string(90, 'p') + "\r\n";
+  return head + "\r\n";
+}
+
+// Before: the whole buffer re-parsed from byte 0 at every read (quadratic).
+void BM_TrickledHeadReparsedFromTheStart(benchmark::State& state) {
+  const std::string head = eight_kib_head();
+  for (auto _ : state) {
+    std::string buf;
+    wsgate::RequestHead h;
+    for (char c : head) {
+      buf.push_back(c);
+      benchmark::DoNotOptimize(wsgate::parse_request_head(buf, 8192, h));
+    }
+  }
+  state.SetBytesProcessed(state.iterations() * int64_t(head.size()));
+}
+BENCHMARK(BM_TrickledHeadReparsedFromTheStart)->Unit(benchmark::kMicrosecond);
+
+// After: RequestHeadParser resumes where it stopped (linear).
+void BM_TrickledHeadParsedIncrementally(benchmark::State& state) {
+  const std::string head = eight_kib_head();
+  for (auto _ : state) {
+    std::string buf;
+    wsgate::RequestHead h;
+    wsgate::RequestHeadParser p;
+    for (char c : head) {
+      buf.push_back(c);
+      benchmark::DoNotOptimize(p.parse(buf, 8192, h));
+    }
+  }
+  state.SetBytesProcessed(state.iterations() * int64_t(head.size()));
+}
+BENCHMARK(BM_TrickledHeadParsedIncrementally)->Unit(benchmark::kMicrosecond);
 
 }  // namespace

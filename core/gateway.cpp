@@ -21,7 +21,12 @@ constexpr std::string_view user_topic_prefix = "user:";
 constexpr std::string_view node_topic_prefix = "node:";
 constexpr std::string_view broadcast_topic = "broadcast";
 constexpr std::string_view load_topic = "load";
+// A drain closes a batch every step; below 10 closes/s a step is one
+// close, spaced 1000/rate ms, so the pace holds for any rate.
 constexpr uint64_t drain_step_ms = 100;
+uint64_t drain_interval_ms(uint32_t closes_per_s) {
+  return closes_per_s >= 1000 / drain_step_ms ? drain_step_ms : 1000 / std::max<uint32_t>(1, closes_per_s);
+}
 
 std::string hex(uint64_t v) {
   static constexpr char digits[] = "0123456789abcdef";
@@ -310,26 +315,39 @@ void Gateway::handle_tick(uint64_t now_ms) {
   }
   if (draining_ && now_ms >= next_drain_ms_) {
     drain_some(now_ms);
-    next_drain_ms_ = now_ms + drain_step_ms;
+    next_drain_ms_ = now_ms + drain_interval_ms(config_.limits.drain_max_closes_per_s);
   }
 }
 
 uint64_t Gateway::next_tick_ms() const {
   uint64_t t = next_heartbeat_ms_;
   if (transport_) t = std::min(t, next_load_report_ms_);
-  if (draining_) t = std::min(t, next_drain_ms_);
+  if (draining_ && open_count_ > 0) {
+    t = std::min(t, next_drain_ms_);
+    // Wake the driver at the deadline too (once: past it, it is the
+    // driver's move, not a reason to spin).
+    if (drain_deadline_ms_ > now_ms_) t = std::min(t, drain_deadline_ms_);
+  }
   return t;
 }
 
-void Gateway::handle_drain(uint64_t now_ms) {
+void Gateway::handle_drain(uint64_t now_ms, uint64_t deadline_ms) {
   if (draining_) return;
   draining_ = true;
   next_drain_ms_ = now_ms;
+  drain_deadline_ms_ = deadline_ms;
   handle_tick(now_ms);
 }
 
+DrainStatus Gateway::drain_status(uint64_t now_ms) const {
+  if (!draining_) return DrainStatus::none;
+  if (open_count_ == 0) return DrainStatus::complete;
+  return now_ms >= drain_deadline_ms_ ? DrainStatus::overdue : DrainStatus::in_progress;
+}
+
 void Gateway::drain_some(uint64_t) {
-  const size_t budget = std::max<size_t>(1, config_.limits.drain_max_closes_per_s * drain_step_ms / 1000);
+  const uint32_t rate = config_.limits.drain_max_closes_per_s;
+  const size_t budget = std::max<uint64_t>(1, uint64_t(rate) * drain_interval_ms(rate) / 1000);
   metrics_.drain_closes_total += close_some(budget, CloseCode::going_away, "node draining");
 }
 
@@ -624,6 +642,9 @@ std::string Gateway::render_health() const {
   append_json_string(out, config_.node_id);
   out += R"(,"connections":)";
   out += std::to_string(open_count_);
+  // Still "ok" (a liveness probe must not kill a node that drains); a
+  // readiness check or a load balancer reads this.
+  if (draining_) out += R"(,"draining":true)";
   if (transport_) {
     out += R"(,"transport":)";
     append_json_string(out, transport_->name());

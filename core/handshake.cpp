@@ -1,7 +1,7 @@
 // HTTP/1.1 request head parsing and the RFC 6455 section 4.2 handshake.
-// Everything here is a pure function over the caller's bytes: the driver
-// re-parses from the start of its buffer whenever more bytes arrive, which
-// is cheap because the head is bounded (Limits::max_header_bytes).
+// Everything here is a pure function over the caller's bytes, except
+// RequestHeadParser, which remembers how far it got so a head that arrives
+// in many pieces is not re-parsed from its first byte at every piece.
 #include "wsgate/handshake.hpp"
 
 #include <openssl/evp.h>
@@ -80,11 +80,6 @@ bool set_once(std::string_view& field, bool& seen, std::string_view value) {
   return true;
 }
 
-struct SeenHeaders {
-  bool key = false, version = false, host = false, origin = false;
-  bool upgrade = false, connection = false;
-};
-
 // List-valued headers (Upgrade, Connection) may legitimately be repeated;
 // we keep one view, so prefer the copy that carries the token we look for.
 void set_list(std::string_view& field, bool& seen, std::string_view value, std::string_view token) {
@@ -92,7 +87,7 @@ void set_list(std::string_view& field, bool& seen, std::string_view value, std::
   seen = true;
 }
 
-bool parse_header_line(std::string_view line, RequestHead& out, SeenHeaders& seen) {
+bool parse_header_line(std::string_view line, RequestHead& out, HeadersSeen& seen) {
   // obs-fold (RFC 9110 5.5) is rejected, as RFC 9112 5.2 allows.
   if (is_ows(line.front())) return false;
   size_t colon = line.find(':');
@@ -183,7 +178,7 @@ HeadStatus parse_request_head(std::string_view buf, size_t max_header_bytes, Req
   // Only the first max_header_bytes can belong to an acceptable head; a
   // terminator beyond them still means the head is too large.
   std::string_view window = buf.substr(0, max_header_bytes);
-  SeenHeaders seen;
+  HeadersSeen seen;
   size_t pos = 0;
   bool first = true;
   while (true) {
@@ -202,6 +197,38 @@ HeadStatus parse_request_head(std::string_view buf, size_t max_header_bytes, Req
     if (!ok) return HeadStatus::malformed;
     first = false;
   }
+}
+
+HeadStatus RequestHeadParser::parse(std::string_view buf, size_t max_header_bytes, RequestHead& out) {
+  const std::string_view window = buf.substr(0, max_header_bytes);
+  while (scanned_ < window.size()) {
+    const size_t lf = window.find('\n', scanned_);
+    if (lf == std::string_view::npos) {
+      examined_ += window.size() - scanned_;
+      scanned_ = window.size();
+      break;
+    }
+    examined_ += lf + 1 - scanned_;
+    scanned_ = lf + 1;
+    std::string_view line = window.substr(line_start_, lf - line_start_);
+    line_start_ = lf + 1;
+    if (!line.empty() && line.back() == '\r') line.remove_suffix(1);
+    if (line.empty()) {
+      if (first_line_) return HeadStatus::malformed;  // no request line
+      // Every line is known good: one pass to fill `out` with views into
+      // buf as it is now (earlier views would point into older buffers).
+      examined_ += lf + 1;
+      return parse_request_head(buf, max_header_bytes, out);
+    }
+    // Checked once, as it completes; the views in `scratch` are dropped
+    // (the caller's buffer may move before the head is complete).
+    RequestHead scratch;
+    examined_ += line.size();
+    if (!(first_line_ ? parse_request_line(line, scratch) : parse_header_line(line, scratch, seen_)))
+      return HeadStatus::malformed;
+    first_line_ = false;
+  }
+  return buf.size() >= max_header_bytes ? HeadStatus::too_large : HeadStatus::incomplete;
 }
 
 UpgradeCheck check_upgrade(const RequestHead& head) {
@@ -232,9 +259,9 @@ std::optional<std::string> query_param(std::string_view query, std::string_view 
     size_t amp = query.find('&');
     std::string_view pair = query.substr(0, amp);
     size_t eq = pair.find('=');
-    std::string_view key = pair.substr(0, eq);
-    std::optional<std::string> decoded_key = form_decode(key);
-    if (decoded_key && *decoded_key == name)
+    // Only the literal name: "user%5Fid" is another parameter, so a proxy
+    // or a log that matches names literally sees what we see.
+    if (pair.substr(0, eq) == name)
       return form_decode(eq == std::string_view::npos ? std::string_view{} : pair.substr(eq + 1));
     if (amp == std::string_view::npos) break;
     query.remove_prefix(amp + 1);

@@ -41,6 +41,39 @@ ParseResult fail(std::string_view why) {
   return r;
 }
 
+// The longest prefix of s, at most max_bytes, that ends on a character
+// boundary and holds only well-formed UTF-8 (RFC 3629): what may be quoted
+// back to a client without putting invalid UTF-8 on the wire. A cut in the
+// middle of a character, or an invalid byte, ends the prefix there.
+std::string_view utf8_prefix(std::string_view s, size_t max_bytes) {
+  size_t i = 0;
+  while (i < s.size()) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t len;
+    unsigned char lo = 0x80, hi = 0xBF;  // the range of the second byte
+    if (c < 0x80) len = 1;
+    else if (c >= 0xC2 && c <= 0xDF) len = 2;
+    else if (c >= 0xE0 && c <= 0xEF) {
+      len = 3;
+      if (c == 0xE0) lo = 0xA0;        // no overlong forms
+      else if (c == 0xED) hi = 0x9F;   // no surrogates
+    } else if (c >= 0xF0 && c <= 0xF4) {
+      len = 4;
+      if (c == 0xF0) lo = 0x90;
+      else if (c == 0xF4) hi = 0x8F;   // nothing above U+10FFFF
+    } else break;
+    if (i + len > max_bytes || i + len > s.size()) break;
+    bool ok = true;
+    for (size_t k = 1; k < len && ok; ++k) {
+      const auto b = static_cast<unsigned char>(s[i + k]);
+      ok = k == 1 ? (b >= lo && b <= hi) : (b >= 0x80 && b <= 0xBF);
+    }
+    if (!ok) break;
+    i += len;
+  }
+  return s.substr(0, i);
+}
+
 bool is_json_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r'; }
 
 // Overwrites every number token outside strings that follows the JSON
@@ -205,7 +238,7 @@ ParseResult MessageParser::parse(std::string_view payload) {
     r.message.kind = ClientMessageKind::broadcast;
   } else {
     m.error_text = "Unknown message type: ";
-    m.error_text.append(type.substr(0, 64));
+    m.error_text.append(utf8_prefix(type, 64));
     return fail(m.error_text);
   }
 

@@ -2,14 +2,15 @@
 
 #include <sys/mman.h>
 
-#include <cassert>
 #include <cstring>
+
+#include "wsgate/assert.hpp"
 
 namespace wsgate::server {
 
 BufferRing::BufferRing(io_uring& ring, uint16_t group, uint32_t entries, uint32_t buffer_bytes)
     : ring_(&ring), entries_(entries), buffer_bytes_(buffer_bytes), group_(group) {
-  assert(entries > 0 && entries <= 32768 && (entries & (entries - 1)) == 0);
+  WSGATE_ASSERT(entries > 0 && entries <= 32768 && (entries & (entries - 1)) == 0);
 }
 
 BufferRing::~BufferRing() {

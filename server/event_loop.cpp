@@ -24,12 +24,18 @@ constexpr uint64_t accept_retry_ms = 100;
 // bounds the wait for the kernel to confirm.
 constexpr uint64_t shutdown_grace_ms = 2000;
 constexpr uint32_t no_socket = UINT32_MAX;
+// A full submission queue the kernel will not take (its completion queue
+// backed up): completions are moved aside and it is tried again, waiting at
+// most this long for a completion between tries, this many times.
+constexpr int sqe_attempts_max = 1000;
+constexpr unsigned sqe_retry_wait_us = 1000;
 
 uint32_t socket_capacity_for(const Limits& l) {
-  // Room beyond the connection cap for sockets still in their handshake or
-  // being refused with 503.
+  // Room beyond the connection cap for the pending handshakes (bounded on
+  // their own) and for sockets the kernel is still closing.
   const uint64_t headroom = std::max<uint64_t>(1024, l.max_connections / 10);
-  return uint32_t(std::min<uint64_t>(uint64_t(l.max_connections) + headroom, max_slot_index));
+  return uint32_t(std::min<uint64_t>(uint64_t(l.max_connections) + l.max_pending_handshakes + headroom,
+                                     max_slot_index));
 }
 
 uint64_t new_incarnation() {
@@ -98,12 +104,39 @@ std::string EventLoop::start() {
 
 io_uring_sqe* EventLoop::get_sqe() {
   if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
-  submit_now();
-  if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
-  // The kernel refuses submissions (it would only do so with its completion
-  // queue overflowing for good): nothing sensible is left to do.
-  log_line("wsgate fatal: io_uring submission queue stuck");
+  // Full: hand what is prepared to the kernel, which frees the queue.
+  ++sq_full_total_;
+  for (int attempt = 0; attempt < sqe_attempts_max; ++attempt) {
+    submit_now();
+    if (io_uring_sqe* sqe = io_uring_get_sqe(&ring_)) return sqe;
+    // The kernel took nothing (EBUSY or EAGAIN: its completion queue is
+    // backed up). Completions are not handled here (we may be in the middle
+    // of handling one): they are moved aside, which gives the kernel room,
+    // and handled first by the next process_completions().
+    ++sq_busy_total_;
+    if (attempt == 0) log_line("wsgate warning: io_uring refused a submission; making room and retrying");
+    defer_completions();
+    if (attempt > 0) {
+      io_uring_cqe* cqe = nullptr;
+      __kernel_timespec ts{.tv_sec = 0, .tv_nsec = int64_t(sqe_retry_wait_us) * 1000};
+      io_uring_wait_cqe_timeout(&ring_, &cqe, &ts);
+    }
+  }
+  // A second of refusals with the completion queue kept empty is not load
+  // but a broken kernel interface: stopping beats serving on lost state.
+  log_line("wsgate fatal: io_uring refused every submission for %d attempts", sqe_attempts_max);
   std::abort();
+}
+
+void EventLoop::defer_completions() {
+  io_uring_cqe* cqe;
+  unsigned head;
+  unsigned seen = 0;
+  io_uring_for_each_cqe(&ring_, head, cqe) {
+    deferred_cqes_.push_back(*cqe);
+    ++seen;
+  }
+  io_uring_cq_advance(&ring_, seen);
 }
 
 void EventLoop::submit_now() {
@@ -115,12 +148,14 @@ void EventLoop::submit_now() {
 }
 
 uint64_t EventLoop::next_deadline_ms() const {
+  if (!deferred_cqes_.empty()) return now_ms_;  // completions wait in our hands
   uint64_t at = now_ms_ + max_wait_ms;
   if (!handshake_deadlines_.empty()) at = std::min(at, handshake_deadlines_.front().at_ms);
   if (!close_deadlines_.empty()) at = std::min(at, close_deadlines_.front().at_ms);
   if (gateway_.connection_count() > 0 || gateway_.next_tick_ms() > 0) at = std::min(at, gateway_.next_tick_ms());
-  if (!accept_armed_ && listener_.fd >= 0 && !shutting_down_) at = std::min(at, accept_retry_at_ms_);
-  if (shutting_down_) at = std::min(at, shutdown_forced_ ? shutdown_deadline_ms_ + shutdown_grace_ms : shutdown_deadline_ms_);
+  if (!accept_armed_ && listener_.fd >= 0 && !stopping_) at = std::min(at, accept_retry_at_ms_);
+  if (stopping_) at = std::min(at, stopped_at_ms_ + shutdown_grace_ms);
+  else if (shutting_down_) at = std::min(at, shutdown_deadline_ms_);
   return std::min(at, next_transport_deadline_ms());
 }
 
@@ -140,15 +175,24 @@ void EventLoop::wait_for_completions() {
   if (io_uring_sq_ready(&ring_) == 0) scratch_used_ = 0;
 }
 
+// Each completion is taken off the ring before it is handled: handling it
+// may submit, and a submission may have to move the rest aside
+// (defer_completions). Bounded by what is there when it starts.
 void EventLoop::process_completions() {
-  io_uring_cqe* cqe;
-  unsigned head;
-  unsigned seen = 0;
-  io_uring_for_each_cqe(&ring_, head, cqe) {
-    handle_completion(*cqe);
-    ++seen;
+  size_t budget = deferred_cqes_.size() + io_uring_cq_ready(&ring_);
+  while (budget-- > 0) {
+    io_uring_cqe cqe;
+    if (!deferred_cqes_.empty()) {
+      cqe = deferred_cqes_.front();
+      deferred_cqes_.pop_front();
+    } else {
+      io_uring_cqe* next = nullptr;
+      if (io_uring_peek_cqe(&ring_, &next) != 0 || next == nullptr) break;
+      cqe = *next;
+      io_uring_cqe_seen(&ring_, next);
+    }
+    handle_completion(cqe);
   }
-  io_uring_cq_advance(&ring_, seen);
 }
 
 void EventLoop::handle_completion(const io_uring_cqe& cqe) {
@@ -254,10 +298,11 @@ void EventLoop::on_accept(const io_uring_cqe& cqe) {
     return;
   }
   const int fd = cqe.res;
-  if (shutting_down_) {
+  if (stopping_) {
     close(fd);
     return;
   }
+  if (http_sockets_ >= options_.limits.max_pending_handshakes) evict_oldest_handshake();
   uint32_t index;
   Socket* s = sockets_.allocate(index);
   if (!s) {
@@ -269,6 +314,7 @@ void EventLoop::on_accept(const io_uring_cqe& cqe) {
   }
   set_no_delay(fd);
   s->fd = fd;
+  ++http_sockets_;
   handshake_deadlines_.push_back({now_ms_ + options_.limits.handshake_timeout_ms, {index, s->generation}});
   arm_recv(*s, index);
 }
@@ -372,8 +418,8 @@ void EventLoop::run_timers() {
     if (s && s->phase == Phase::websocket) teardown(*s, r.index);  // no close reply in time
   }
   if (gateway_.next_tick_ms() <= now_ms_) gateway_.handle_tick(now_ms_);
-  if (!accept_armed_ && listener_.fd >= 0 && !shutting_down_ && now_ms_ >= accept_retry_at_ms_) arm_accept();
-  if (shutting_down_ && !shutdown_forced_ && now_ms_ >= shutdown_deadline_ms_) force_close_all();
+  if (!accept_armed_ && listener_.fd >= 0 && !stopping_ && now_ms_ >= accept_retry_at_ms_) arm_accept();
+  follow_drain();
 }
 
 // The driver contract's round (session/driver_contract.hpp): closes start
@@ -462,6 +508,7 @@ bool EventLoop::has_bytes_to_write(Socket& s) {
 
 void EventLoop::teardown(Socket& s, uint32_t index) {
   if (s.phase == Phase::closing || s.phase == Phase::free) return;
+  if (s.phase == Phase::http) --http_sockets_;
   s.phase = Phase::closing;
   // The session goes now (no more frames are parsed); the core connection
   // and any HTTP response stay until the kernel is done with the socket,
@@ -504,22 +551,46 @@ void EventLoop::begin_shutdown(uint32_t signo) {
   if (shutting_down_) {
     log_line("wsgate shutdown: second %s: closing every socket now", signal_name(signo));
     if (!shutdown_forced_) force_close_all();
+    stop_serving();
     return;
   }
   shutting_down_ = true;
   shutdown_deadline_ms_ = now_ms_ + options_.limits.shutdown_timeout_ms;
-  log_line("wsgate shutdown: %s received; no longer accepting; closing %zu connections with 1001 "
-           "(waiting up to %u ms)",
-           signal_name(signo), gateway_.connection_count(), options_.limits.shutdown_timeout_ms);
+  log_line("wsgate shutdown: %s received; draining %zu connections (1001, at most %u/s); upgrades get 503, "
+           "HTTP is still answered; exit when empty or in %u ms",
+           signal_name(signo), gateway_.connection_count(), options_.limits.drain_max_closes_per_s,
+           options_.limits.shutdown_timeout_ms);
+  gateway_.handle_drain(now_ms_, shutdown_deadline_ms_);
+}
+
+// The core decides (the simulator asks it the same question).
+void EventLoop::follow_drain() {
+  if (!shutting_down_ || stopping_) return;
+  switch (gateway_.drain_status(now_ms_)) {
+    case DrainStatus::complete:
+      log_line("wsgate shutdown: every connection closed; exiting");
+      return stop_serving();
+    case DrainStatus::overdue:
+      log_line("wsgate shutdown: %u ms passed with %zu connections left", options_.limits.shutdown_timeout_ms,
+               gateway_.connection_count());
+      force_close_all();
+      return stop_serving();
+    case DrainStatus::none:
+    case DrainStatus::in_progress:
+      return;
+  }
+}
+
+// No more accepts; requests not yet read will not be served. A response
+// already being written may finish, within shutdown_grace_ms.
+void EventLoop::stop_serving() {
+  if (stopping_) return;
+  stopping_ = true;
+  stopped_at_ms_ = now_ms_;
   close_listener();
   for (uint32_t i = 0; i < sockets_.high_water(); ++i) {
     Socket& s = sockets_.at(i);
-    if (s.phase == Phase::http) {
-      teardown(s, i);
-    } else if (s.phase == Phase::websocket && s.ws) {
-      s.ws->close(CloseCode::going_away, "server shutting down");
-      settle_session(s, i);
-    }
+    if (s.phase == Phase::http && !(s.http && s.http->responding)) teardown(s, i);
   }
 }
 
@@ -548,14 +619,14 @@ void EventLoop::force_close_all() {
       ++n;
     }
   }
-  if (n > 0) log_line("wsgate shutdown: timeout; closed %zu sockets without a close handshake", n);
+  if (n > 0) log_line("wsgate shutdown: closed %zu sockets without a close handshake", n);
 }
 
 bool EventLoop::finished() const {
-  if (!shutting_down_) return false;
+  if (!stopping_) return false;
   if (sockets_.in_use() == 0 && (listener_closed_ || !listener_closing_) && !accept_armed_) return true;
   // The kernel should have confirmed long ago; do not hang on it.
-  return shutdown_forced_ && now_ms_ >= shutdown_deadline_ms_ + shutdown_grace_ms;
+  return now_ms_ >= stopped_at_ms_ + shutdown_grace_ms;
 }
 
 // --- the loop --------------------------------------------------------------------

@@ -82,8 +82,12 @@ class EventLoop final : private RedisIo {
   };
 
   // --- the ring -------------------------------------------------------------
+  // Never fails under load: a full queue is submitted; if the kernel
+  // refuses (EBUSY/EAGAIN: its completion queue is backed up), completions
+  // are moved aside (deferred_cqes_) to make room, and it is tried again.
   io_uring_sqe* get_sqe();
   void submit_now();
+  void defer_completions();
   void wait_for_completions();
   void process_completions();
   void handle_completion(const io_uring_cqe& cqe);
@@ -105,6 +109,9 @@ class EventLoop final : private RedisIo {
 
   // --- HTTP phase (event_loop_http.cpp) -------------------------------------
   void handle_http_bytes(Socket& s, uint32_t index, const uint8_t* data, size_t n);
+  // At --max-pending-handshakes, the oldest socket not yet upgraded is
+  // closed to make room for the new one.
+  void evict_oldest_handshake();
   void handle_request(Socket& s, uint32_t index, const RequestHead& head);
   void upgrade(Socket& s, uint32_t index, const RequestHead& head);
   std::string client_ip(const Socket& s, const RequestHead& head) const;
@@ -159,7 +166,13 @@ class EventLoop final : private RedisIo {
   static SlotRef slot_of_tag(uint64_t tag) { return {uint32_t(tag), uint32_t(tag >> 32)}; }
 
   // --- shutdown -------------------------------------------------------------
+  // SIGTERM/SIGINT starts the core's drain (Gateway::handle_drain): upgrades
+  // get 503, HTTP is still answered, connections close with 1001 at
+  // drain_max_closes_per_s. follow_drain() acts on Gateway::drain_status():
+  // stop when empty, cut the rest at the shutdown deadline.
   void begin_shutdown(uint32_t signo);
+  void follow_drain();
+  void stop_serving();
   void close_listener();
   void force_close_all();
   bool finished() const;
@@ -197,8 +210,17 @@ class EventLoop final : private RedisIo {
   std::deque<Deadline> close_deadlines_;
   std::vector<std::unique_ptr<SendScratch>> scratch_;
   size_t scratch_used_ = 0;
+  // Completions taken off the ring to make room for submissions, handled
+  // (first) by the next process_completions().
+  std::deque<io_uring_cqe> deferred_cqes_;
+  uint64_t sq_full_total_ = 0;       // get_sqe found the queue full and submitted
+  uint64_t sq_busy_total_ = 0;       // the kernel refused a submission; retried
+  uint32_t http_sockets_ = 0;        // sockets in Phase::http (pending handshakes)
+  uint64_t handshakes_evicted_total_ = 0;
 
-  bool shutting_down_ = false;
+  bool shutting_down_ = false;  // draining
+  bool stopping_ = false;       // drained (or cut): no more accepts, exit soon
+  uint64_t stopped_at_ms_ = 0;
   bool shutdown_forced_ = false;
   uint64_t shutdown_deadline_ms_ = 0;
   uint64_t recv_buffers_exhausted_total_ = 0;

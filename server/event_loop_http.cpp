@@ -32,7 +32,7 @@ void EventLoop::handle_http_bytes(Socket& s, uint32_t index, const uint8_t* data
   if (h.responding) return;  // a plain response is on its way; the rest is ignored
   h.head.append(reinterpret_cast<const char*>(data), n);
   RequestHead head;
-  switch (parse_request_head(h.head, options_.limits.max_header_bytes, head)) {
+  switch (h.parser.parse(h.head, options_.limits.max_header_bytes, head)) {
     case HeadStatus::incomplete:
       return;
     case HeadStatus::too_large:
@@ -96,10 +96,6 @@ void EventLoop::upgrade(Socket& s, uint32_t index, const RequestHead& head) {
       gateway_.metrics().reject(RejectReason::draining);
       return respond(s, index, 503, "text/plain", "node is draining");
   }
-  if (shutting_down_) {
-    gateway_.metrics().reject(RejectReason::draining);
-    return respond(s, index, 503, "text/plain", "server shutting down");
-  }
   // A missing or badly encoded user_id opens with "" and the core closes
   // 4001; one that is too long is passed on, and the core closes 4001 too,
   // saying why.
@@ -113,6 +109,7 @@ void EventLoop::upgrade(Socket& s, uint32_t index, const RequestHead& head) {
   s.conn = conn;
   s.ws.emplace(gateway_, conn, options_.limits);
   s.phase = Phase::websocket;
+  --http_sockets_;
 
   h.response = std::move(response);
   h.responding = true;
@@ -122,6 +119,20 @@ void EventLoop::upgrade(Socket& s, uint32_t index, const RequestHead& head) {
   if (!pipelined.empty()) {
     s.ws->feed(reinterpret_cast<const uint8_t*>(pipelined.data()), pipelined.size(), now_ms_);
     settle_session(s, index);
+  }
+}
+
+void EventLoop::evict_oldest_handshake() {
+  // The deadlines are in accept order, so the front is the oldest socket;
+  // entries of sockets that moved on are dropped on the way.
+  while (!handshake_deadlines_.empty()) {
+    const SlotRef r = handshake_deadlines_.front().slot;
+    handshake_deadlines_.pop_front();
+    Socket* s = sockets_.find(r.index, r.generation);
+    if (!s || s->phase != Phase::http) continue;
+    ++handshakes_evicted_total_;
+    teardown(*s, r.index);
+    return;
   }
 }
 
@@ -145,6 +156,22 @@ std::string EventLoop::render_metrics() const {
          "provided receive buffer was in use (re-armed).\n"
          "# TYPE wsgate_recv_buffers_exhausted_total counter\n"
          "wsgate_recv_buffers_exhausted_total" + label + std::to_string(recv_buffers_exhausted_total_) + "\n";
+  out += "# HELP wsgate_pending_handshakes Sockets accepted and not yet upgraded (reading a request "
+         "head or writing a plain response).\n"
+         "# TYPE wsgate_pending_handshakes gauge\n"
+         "wsgate_pending_handshakes" + label + std::to_string(http_sockets_) + "\n";
+  out += "# HELP wsgate_handshakes_evicted_total Pending handshakes closed to make room at "
+         "--max-pending-handshakes (the oldest first).\n"
+         "# TYPE wsgate_handshakes_evicted_total counter\n"
+         "wsgate_handshakes_evicted_total" + label + std::to_string(handshakes_evicted_total_) + "\n";
+  out += "# HELP wsgate_io_uring_sq_full_total Submissions that found the io_uring submission queue "
+         "full and submitted it first.\n"
+         "# TYPE wsgate_io_uring_sq_full_total counter\n"
+         "wsgate_io_uring_sq_full_total" + label + std::to_string(sq_full_total_) + "\n";
+  out += "# HELP wsgate_io_uring_sq_refused_total Submissions the kernel refused (completion queue "
+         "backed up); completions were set aside and it was retried.\n"
+         "# TYPE wsgate_io_uring_sq_refused_total counter\n"
+         "wsgate_io_uring_sq_refused_total" + label + std::to_string(sq_busy_total_) + "\n";
   out += "# HELP wsgate_sockets_in_use Sockets held by the event loop (handshakes included).\n"
          "# TYPE wsgate_sockets_in_use gauge\n"
          "wsgate_sockets_in_use" + label + std::to_string(sockets_.in_use()) + "\n";

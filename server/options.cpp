@@ -23,7 +23,7 @@ struct LimitFlag {
   const char* help;
 };
 
-constexpr std::array<LimitFlag, 19> limit_flags{{
+constexpr std::array<LimitFlag, 20> limit_flags{{
     {"--max-connections", "WSGATE_MAX_CONNECTIONS", &Limits::max_connections, "connections",
      "established WebSocket connections per node; the next upgrade gets 503"},
     {"--max-connections-per-ip", "WSGATE_MAX_CONNECTIONS_PER_IP", &Limits::max_connections_per_ip,
@@ -44,10 +44,12 @@ constexpr std::array<LimitFlag, 19> limit_flags{{
      "HTTP request head before the upgrade; above it: 431"},
     {"--handshake-timeout-ms", "WSGATE_HANDSHAKE_TIMEOUT_MS", &Limits::handshake_timeout_ms,
      "milliseconds", "from accept to a complete request head (slowloris)"},
+    {"--max-pending-handshakes", "WSGATE_MAX_PENDING_HANDSHAKES", &Limits::max_pending_handshakes,
+     "sockets", "accepted sockets not yet upgraded; at the bound the oldest is closed to make room"},
     {"--close-timeout-ms", "WSGATE_CLOSE_TIMEOUT_MS", &Limits::close_timeout_ms, "milliseconds",
      "after our close frame, how long we wait for the peer's"},
     {"--shutdown-timeout-ms", "WSGATE_SHUTDOWN_TIMEOUT_MS", &Limits::shutdown_timeout_ms,
-     "milliseconds", "on SIGTERM/SIGINT, the longest wait for close handshakes"},
+     "milliseconds", "on SIGTERM/SIGINT, the longest drain (closes paced by --drain-max-closes-per-s); then the rest are cut"},
     {"--max-user-id-bytes", "WSGATE_MAX_USER_ID_BYTES", &Limits::max_user_id_bytes, "bytes",
      "longest user_id accepted (decoded); longer: close 4001"},
     {"--load-report-interval-ms", "WSGATE_LOAD_REPORT_INTERVAL_MS", &Limits::load_report_interval_ms,
@@ -279,6 +281,7 @@ std::string explain_inconsistent_limits(const Limits& l) {
   add(l.load_report_interval_ms == 0, "load-report-interval-ms must be > 0");
   add(l.max_tracked_origins == 0, "max-tracked-origins must be > 0");
   add(l.drain_max_closes_per_s == 0, "drain-max-closes-per-s must be > 0");
+  add(l.max_pending_handshakes == 0, "max-pending-handshakes must be > 0");
   add(l.max_tracked_publishes == 0, "max-tracked-publishes must be > 0");
   const uint64_t need = uint64_t(l.max_message_bytes) + 64 + uint64_t(l.max_user_id_bytes) * json_escape_expansion;
   if (uint64_t(l.send_queue_max_bytes) < need) {
@@ -300,8 +303,8 @@ std::string explain_inconsistent_buffers(const BufferLimits& b, const Limits& l,
   add(!std::has_single_bit(b.recv_pool_buffers) || b.recv_pool_buffers > recv_pool_max_buffers,
       "recv-pool-buffers must be a power of two, at most " + std::to_string(recv_pool_max_buffers));
   add(b.recv_buffer_bytes < 64, "recv-buffer-bytes must be >= 64");
-  add(b.uring_sq_entries == 0 || b.uring_sq_entries > uring_max_sq_entries,
-      "uring-sq-entries must be 1.." + std::to_string(uring_max_sq_entries));
+  add(b.uring_sq_entries < 2 || b.uring_sq_entries > uring_max_sq_entries,
+      "uring-sq-entries must be 2.." + std::to_string(uring_max_sq_entries));
   add(b.uring_cq_entries < b.uring_sq_entries || b.uring_cq_entries > uring_max_cq_entries,
       "uring-cq-entries must be uring-sq-entries.." + std::to_string(uring_max_cq_entries));
   if (transport == "local") {

@@ -2,17 +2,17 @@
 
 #include <sys/mman.h>
 
-#include <cassert>
 #include <cstdlib>
 #include <new>
 
 #include "log.hpp"
 #include "user_data.hpp"
+#include "wsgate/assert.hpp"
 
 namespace wsgate::server {
 
 SocketTable::SocketTable(uint32_t capacity) : capacity_(capacity) {
-  assert(capacity > 0 && capacity <= max_slot_index);
+  WSGATE_ASSERT(capacity > 0 && capacity <= max_slot_index);
   mapped_bytes_ = size_t(capacity) * sizeof(Socket);
   void* p = mmap(nullptr, mapped_bytes_, PROT_READ | PROT_WRITE,
                  MAP_ANONYMOUS | MAP_PRIVATE | MAP_NORESERVE, -1, 0);

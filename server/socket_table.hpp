@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "wsgate/conn_id.hpp"
+#include "wsgate/handshake.hpp"
 #include "ws_session.hpp"
 
 namespace wsgate::server {
@@ -30,6 +31,7 @@ enum class Phase : uint8_t {
 // response (the 101 stays until written, ahead of any frame).
 struct HttpState {
   std::string head;
+  RequestHeadParser parser;  // how far into `head` the parse got
   std::string response;
   size_t response_sent = 0;
   bool responding = false;           // a response is set; input is ignored

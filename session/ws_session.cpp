@@ -1,7 +1,6 @@
 #include "ws_session.hpp"
 
 #include <algorithm>
-#include <cassert>
 #include <cstring>
 
 namespace wsgate {

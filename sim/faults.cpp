@@ -110,7 +110,8 @@ void Simulation::start_drain(uint32_t n) {
   ++result_.stats.drains;
   node.draining = true;
   mark_unhealthy(n);
-  node.gw->handle_drain(sched_.now_ms());
+  // The server's SIGTERM path: the same drain, the same deadline.
+  node.gw->handle_drain(sched_.now_ms(), sched_.now_ms() + limits_.shutdown_timeout_ms);
   service(n);
 }
 

@@ -76,14 +76,18 @@ void Simulation::crash_node(uint32_t n) {
     sched_.after(chaos_rng_.between(500, 4000), EventKind::node_restart, n, node.life);
 }
 
-// A drained node has closed every connection: it exits cleanly (leaving
-// the bus at once) and comes back as a new incarnation, as in a rolling
-// deploy.
+// A drained node exits (leaving the bus at once) and comes back as a new
+// incarnation, as in a rolling deploy. Normally every connection is closed
+// by then; past the shutdown deadline the rest are cut without a close
+// handshake, as the server does, and their clients reconnect.
 void Simulation::exit_drained_node(uint32_t n) {
   Node& node = nodes_[n];
   trace_.record(sched_.now_ms(), TraceKind::drained_exit, n);
   harvest_metrics(node);
-  node.conns.clear();
+  std::vector<uint32_t> cut;
+  for (Conn& cn : node.conns)
+    if (cn.live && cn.client != none && !cn.zombie) cut.push_back(cn.client);
+  node.conns.clear();  // the sessions go with the process, before their Gateway
   node.gw.reset();
   node.bus.reset();
   node.inner.reset();
@@ -91,6 +95,8 @@ void Simulation::exit_drained_node(uint32_t n) {
   ++node.life;
   mark_unhealthy(n);
   sched_.after(chaos_rng_.between(500, 3000), EventKind::node_restart, n, node.life);
+  result_.stats.drain_cut += cut.size();
+  for (uint32_t c : cut) lost_connection(c, backoff_ms(0));
 }
 
 void Simulation::harvest_metrics(Node& node) {
@@ -179,7 +185,10 @@ void Simulation::service(uint32_t n) {
     node.published_seen = fc.published;
     poll_all_soon();
   }
-  if (node.draining && gw.connection_count() == 0) exit_drained_node(n);
+  // The server's decision, from the same core call: exit once empty, or
+  // once the shutdown deadline has passed.
+  const DrainStatus drain = gw.drain_status(now);
+  if (drain == DrainStatus::complete || drain == DrainStatus::overdue) exit_drained_node(n);
 }
 
 Simulation::Conn* Simulation::live_conn(uint32_t n, uint32_t life, ConnId id) {

@@ -55,6 +55,11 @@ struct SimOptions {
   uint32_t broadcasts_per_s = 2;       // cluster-wide
   uint32_t two_tab_users_pct = 20;     // users holding two connections
 
+  // A drain's pace and deadline (Limits::drain_max_closes_per_s and
+  // shutdown_timeout_ms); 0 keeps the defaults.
+  uint32_t drain_max_closes_per_s = 0;
+  uint32_t shutdown_timeout_ms = 0;
+
   bool has(Fault f) const { return (faults >> unsigned(f)) & 1u; }
   void set(Fault f) { faults |= 1u << unsigned(f); }
 };

@@ -70,6 +70,7 @@ void Simulation::print_summary(const SimOptions& o, const SimResult& r, FILE* ou
        std::to_string(s.needless_moves_after_crash) + " on a view stale after a crash")
           .c_str());
   row("drain closes (1001)", s.drain_closes);
+  row("drain cut at the deadline", s.drain_cut);
   row("slow consumer closes (1008)", s.slow_consumer_closes);
   row("idle timeouts", s.heartbeat_timeouts);
   row("sessions: close handshakes done", s.close_handshakes,

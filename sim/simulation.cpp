@@ -64,6 +64,8 @@ Simulation::Simulation(SimOptions options)
   limits_.max_connections = std::max<uint32_t>(100000, o_.clients + 1000);
   limits_.load_report_interval_ms = 1000;
   if (o_.plant == PlantedBug::origin_table_1) limits_.max_tracked_origins = 1;
+  if (o_.drain_max_closes_per_s) limits_.drain_max_closes_per_s = o_.drain_max_closes_per_s;
+  if (o_.shutdown_timeout_ms) limits_.shutdown_timeout_ms = o_.shutdown_timeout_ms;
   shm_name_ = "wsgate-sim-" + std::to_string(::getpid()) + "-" + std::to_string(o_.seed) + "-" +
               std::to_string(run_counter++);
 }

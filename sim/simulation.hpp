@@ -85,6 +85,7 @@ struct SimStats {
   uint64_t protocol_error_closes = 0;  // the session refused a client's frames (must stay 0)
   uint64_t needless_moves = 0;    // 4002 while the node was inside the band
   uint64_t needless_moves_after_crash = 0;  // of which on a view not yet aware of a crash
+  uint64_t drain_cut = 0;  // connections a drained node still held at its deadline
   uint64_t rebalance_moves = 0, drain_closes = 0, slow_consumer_closes = 0, heartbeat_timeouts = 0;
   uint64_t stale_dropped = 0, bus_duplicated = 0, bus_dropped_cut_off = 0;
   uint64_t publish_backpressure = 0, publish_unavailable = 0;

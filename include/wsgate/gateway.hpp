@@ -64,6 +64,11 @@ struct PeerLoad {
   std::string origin;  // node_id/incarnation: a restart starts a new history
 };
 
+// Where a drain stands, for the driver to act on: keep serving (none,
+// in_progress), exit (complete: every connection is gone), or close what
+// is left without a handshake and exit (overdue: the deadline passed).
+enum class DrainStatus : uint8_t { none, in_progress, complete, overdue };
+
 class Gateway : private TransportSink {
  public:
   // transport may be null (a standalone node); it must outlive the Gateway,
@@ -101,7 +106,10 @@ class Gateway : private TransportSink {
   void handle_tick(uint64_t now_ms);
   // Graceful drain: refuse new upgrades (503) and close every connection
   // with 1001 at drain_max_closes_per_s, so clients reconnect elsewhere.
-  void handle_drain(uint64_t now_ms);
+  // deadline_ms: when the driver stops waiting for the rest (the server's
+  // --shutdown-timeout-ms); drain_status() says when that is. Every driver
+  // (server on SIGTERM, simulator) runs the drain through these two calls.
+  void handle_drain(uint64_t now_ms, uint64_t deadline_ms = UINT64_MAX);
 
   // --- effects ------------------------------------------------------------
 
@@ -140,6 +148,7 @@ class Gateway : private TransportSink {
   const Metrics& metrics() const { return metrics_; }
   std::string render_health() const;
   bool is_draining() const { return draining_; }
+  DrainStatus drain_status(uint64_t now_ms) const;
   // The cluster as this node sees it from load reports (itself included).
   const std::unordered_map<std::string, PeerLoad, StringHash, std::equal_to<>>& peer_loads() const {
     return peer_loads_;
@@ -215,6 +224,7 @@ class Gateway : private TransportSink {
   uint64_t now_ms_ = 0;           // latest time seen in an event
   uint64_t next_load_report_ms_ = 0;
   uint64_t next_drain_ms_ = 0;
+  uint64_t drain_deadline_ms_ = UINT64_MAX;
   bool draining_ = false;
   uint32_t close_cursor_ = 0;
   std::string topic_scratch_;     // reused: no allocation per publish

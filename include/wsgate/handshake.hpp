@@ -34,6 +34,36 @@ enum class HeadStatus : uint8_t { incomplete, complete, too_large, malformed };
 // max_header_bytes is too_large even if it is not complete yet.
 HeadStatus parse_request_head(std::string_view buf, size_t max_header_bytes, RequestHead& out);
 
+// Which single-valued headers a head has shown so far (a second copy is
+// malformed), kept between the calls of RequestHeadParser.
+struct HeadersSeen {
+  bool key = false, version = false, host = false, origin = false;
+  bool upgrade = false, connection = false;
+};
+
+// parse_request_head for a head that arrives in pieces. Call parse() with
+// the whole buffer each time (the bytes seen before unchanged, new bytes
+// appended): it resumes where the last call stopped, so each byte is
+// searched once and each line checked once, as it completes. A head
+// trickled byte by byte costs O(size) in all, not O(size^2). A malformed
+// line is reported as soon as it ends; the head is parsed into `out` once,
+// when its blank line arrives. After a status other than incomplete the
+// parser is spent.
+class RequestHeadParser {
+ public:
+  HeadStatus parse(std::string_view buf, size_t max_header_bytes, RequestHead& out);
+  // Bytes looked at by every call so far: the parser's work, for tests and
+  // benchmarks of its cost.
+  uint64_t bytes_examined() const { return examined_; }
+
+ private:
+  size_t scanned_ = 0;     // bytes searched for a line feed
+  size_t line_start_ = 0;  // where the line not yet complete starts
+  bool first_line_ = true;
+  HeadersSeen seen_;
+  uint64_t examined_ = 0;
+};
+
 // Result of the RFC 6455 4.2.1 checks on a request for the WebSocket path.
 struct UpgradeCheck {
   uint16_t status = 0;          // 0: acceptable; else 400, 405 or 426
@@ -48,6 +78,7 @@ bool header_has_token(std::string_view list, std::string_view token);
 
 // The value of name in an application/x-www-form-urlencoded query string,
 // percent-decoded ('+' is a space). nullopt if absent or badly encoded.
+// The name matches literally, never after decoding (user%5Fid is not user_id).
 std::optional<std::string> query_param(std::string_view query, std::string_view name);
 
 // base64(SHA-1(key + RFC 6455 GUID)), 28 characters.

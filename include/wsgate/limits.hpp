@@ -33,6 +33,11 @@ struct Limits {
   uint32_t max_header_bytes = 8192;
   // From accept to a complete request head (slowloris).
   uint32_t handshake_timeout_ms = 5000;
+  // Sockets accepted but not yet upgraded (reading a request head, or
+  // writing a plain response). At the bound the oldest is closed to make
+  // room, so a flood of half-open connections cannot lock out /health or
+  // real clients; it costs the flood, not the newcomer.
+  uint32_t max_pending_handshakes = 4096;
   // After we send a close frame, how long we wait for the peer's.
   uint32_t close_timeout_ms = 2000;
   // SIGTERM: after close frames go out, the longest we wait before exit.
@@ -73,6 +78,7 @@ constexpr bool limits_are_consistent(const Limits& l) {
          l.heartbeat_interval_ms > 0 && l.idle_timeout_ms >= l.heartbeat_interval_ms &&
          l.ip_window_ms > 0 && l.max_header_bytes >= 256 && l.max_tracked_ips > 0 &&
          l.load_report_interval_ms > 0 && l.max_tracked_origins > 0 && l.drain_max_closes_per_s > 0 &&
+         l.max_pending_handshakes > 0 &&
          l.max_tracked_publishes > 0 &&
          // one largest reply must fit in a queue, or nothing could be sent
          uint64_t(l.send_queue_max_bytes) >= uint64_t(l.max_message_bytes) + 64 +
@@ -91,8 +97,10 @@ struct BufferLimits {
   // bytes wait in the kernel. Entries: a power of two, at most 32768.
   uint32_t recv_pool_buffers = 2048;
   uint32_t recv_buffer_bytes = 4096;
-  // io_uring queues. A full submission queue is submitted at once; the
-  // completion queue is the kernel's maximum (overflow is kept, not lost).
+  // io_uring queues. A full submission queue is submitted at once (and if
+  // the kernel refuses, completions are set aside and it is retried, never
+  // fatal); at least 2, as a cancel and its close are submitted together.
+  // The completion queue is the kernel's maximum (overflow is kept, not lost).
   uint32_t uring_sq_entries = 4096;
   uint32_t uring_cq_entries = 65536;
 
@@ -171,7 +179,7 @@ constexpr uint32_t shm_topics_for(const BufferLimits& b, const Limits& l) {
 // buffers of the transport in use, not of all three.
 constexpr bool uring_limits_are_consistent(const BufferLimits& b) {
   return std::has_single_bit(b.recv_pool_buffers) && b.recv_pool_buffers <= recv_pool_max_buffers &&
-         b.recv_buffer_bytes >= 64 && b.uring_sq_entries > 0 && b.uring_sq_entries <= uring_max_sq_entries &&
+         b.recv_buffer_bytes >= 64 && b.uring_sq_entries >= 2 && b.uring_sq_entries <= uring_max_sq_entries &&
          b.uring_cq_entries >= b.uring_sq_entries && b.uring_cq_entries <= uring_max_cq_entries;
 }
 // One largest publish must fit an empty queue, ring or buffer.

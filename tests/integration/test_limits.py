@@ -1,8 +1,11 @@
 """Every limit of issue 2 ("Command line and limits") hit and observed on the
 real binary: max connections (503), per-IP rate (429), message size (1009),
 slow consumer (1008, counted, memory bounded), heartbeat and idle timeout,
-header size (431), handshake timeout, SIGTERM/SIGINT (1001, exit 0), and
-flag/environment precedence.
+header size (431), handshake timeout, pending handshakes (the oldest
+evicted, /health still answers), SIGTERM/SIGINT (a paced drain with 1001
+while HTTP answers, exit 0; the shutdown timeout cuts the rest; a second
+signal cuts at once), a tiny io_uring submission queue, and flag/environment
+precedence.
 
 Each server is started with small limits so the tests run fast; every wait
 is for a condition with a deadline, never a timed assertion.
@@ -614,11 +617,73 @@ def test_handshake_trickle_still_times_out(start_server):
         sock.close()
 
 
+def test_half_open_flood_does_not_lock_out_health(start_server):
+    """Many accepted sockets that never finish their request head (some send
+    nothing, some half a head) are bounded by --max-pending-handshakes: the
+    oldest are closed to make room, and a fresh /health still gets 200.
+    (Before, they filled every socket slot and /health was refused.)"""
+    pending = 64
+    s = start_server("--max-connections", "10", "--max-pending-handshakes", str(pending),
+                     "--handshake-timeout-ms", "60000")
+    socks = []
+    try:
+        for i in range(1200):  # more than the socket table (10 + 1024 before)
+            c = socket.create_connection(s.addr, timeout=T)
+            if i % 2:
+                c.sendall(b"GET /ws?user_id=x HTTP/1.1\r\nHost: x\r\n")
+            socks.append(c)
+        st, _, body = s.http_get("/health")
+        assert st == 200, body
+        m = s.metrics()
+        assert m.get("wsgate_pending_handshakes") <= pending
+        assert m.get("wsgate_handshakes_evicted_total") >= 1200 - pending - 10
+    finally:
+        for c in socks:
+            c.close()
+
+
+def test_incremental_head_trickled_then_upgrades(start_server):
+    """A head that arrives in many small pieces still upgrades (the parser
+    resumes where it stopped)."""
+    s = start_server("--max-connections-per-ip", "1000")
+    key = "dGhlIHNhbXBsZSBub25jZQ=="
+    head = (f"GET /ws?user_id=trickle HTTP/1.1\r\nHost: {s.host}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nX-Pad: {'p' * 2000}\r\nSec-WebSocket-Key: {key}\r\n"
+            f"Sec-WebSocket-Version: 13\r\n\r\n").encode()
+    c = rawws.RawWS(s.host, s.port)
+    for i in range(0, len(head), 7):
+        c.sendall(head[i:i + 7])
+    st, _, _ = c.read_http_head()
+    assert st == 101
+    c.close()
+
+
+def test_tiny_io_uring_submission_queue_is_submitted_not_fatal(start_server):
+    """--uring-sq-entries 2: every iteration needs far more submissions
+    than the queue holds (a broadcast to 150 connections is 150 sends). The
+    full queue is submitted and reused; nothing aborts, nothing is lost."""
+    n = 150
+    s = start_server("--uring-sq-entries", "2", "--max-connections-per-ip", "1000")
+
+    async def go():
+        conns = [await connect(s, f"q{i}") for i in range(n)]
+        for k in range(3):
+            await conns[0].send(json.dumps({"type": "broadcast", "content": k}))
+        for c in conns:
+            got = [json.loads(await asyncio.wait_for(c.recv(), T))["content"] for _ in range(3)]
+            assert got == [0, 1, 2]
+        for c in conns:
+            await c.close()
+    run(go(), timeout=60)
+    assert s.metric("wsgate_io_uring_sq_full_total") > 0
+    assert s.alive()
+
+
 # --- shutdown -------------------------------------------------------------------------------------
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
 def test_signal_closes_every_connection_1001_and_exits_0(start_server, sig):
-    """SIGTERM/SIGINT: stop accepting, every open connection gets close 1001,
-    the process exits 0 within the shutdown timeout."""
+    """SIGTERM/SIGINT: every open connection gets close 1001 (the drain), the
+    process exits 0 once they are gone, and nothing listens after."""
     s = start_server("--shutdown-timeout-ms", "3000", "--max-connections-per-ip", "1000")
 
     async def go():
@@ -638,7 +703,7 @@ def test_signal_closes_every_connection_1001_and_exits_0(start_server, sig):
     run(go(), timeout=30)
     code = s.wait_exit(10)
     assert code == 0, f"exit code {code}; stderr:\n{s.stderr_text()}"
-    # stopped accepting: nothing listens any more
+    # exited: nothing listens any more
     with pytest.raises(OSError):
         socket.create_connection(s.addr, timeout=2).close()
 
@@ -665,6 +730,89 @@ def test_shutdown_bounded_when_clients_never_answer_close(start_server):
             pass
         c.close()
         assert f is not None and f.opcode == OP_CLOSE and f.close_code == 1001, f
+
+
+def test_sigterm_drains_at_the_flag_pace_while_http_answers(start_server):
+    """SIGTERM runs the core's drain: connections close with 1001 at
+    --drain-max-closes-per-s, not all at once; meanwhile /health answers 200
+    (saying draining, with connections still open) and an upgrade gets 503;
+    the process exits 0 once the last one is gone."""
+    n, rate = 300, 100  # about 3 s of drain; all at once used to take ~10 ms
+    s = start_server("--drain-max-closes-per-s", str(rate), "--shutdown-timeout-ms", "60000",
+                     "--max-connections-per-ip", "1000")
+
+    async def go():
+        loop = asyncio.get_running_loop()
+        conns = [await connect(s, f"d{i}") for i in range(n)]
+        await loop.run_in_executor(None, lambda: s.wait_for(lambda: s.health()["connections"] == n,
+                                                            what=f"{n} connections"))
+        closed_at = []
+
+        async def watch(ws):
+            await asyncio.wait_for(ws.wait_closed(), 60)
+            closed_at.append(loop.time())
+            return ws.close_code
+        watchers = [asyncio.create_task(watch(c)) for c in conns]
+        s.signal(signal.SIGTERM)
+        # The liveness probe keeps passing while the node still holds clients.
+        h = await loop.run_in_executor(None, lambda: s.wait_for(
+            lambda: (lambda h: h if h.get("draining") else None)(s.health()), what="/health saying draining"))
+        assert h["status"] == "ok" and h["connections"] > 0, h
+        assert await refused_status(s, "late") == 503
+        codes = await asyncio.gather(*watchers)
+        assert codes == [1001] * n
+        # Paced: the closes are spread over about n/rate seconds (loosely:
+        # half of it, minus the first step), not sent in one burst.
+        span = max(closed_at) - min(closed_at)
+        assert span >= 0.5 * (n / rate - 1), f"{n} closes within {span:.2f}s"
+    run(go(), timeout=90)
+    code = s.wait_exit(15)
+    assert code == 0, f"exit code {code}; stderr:\n{s.stderr_text()}"
+
+
+def test_sigterm_cuts_the_rest_at_the_shutdown_timeout(start_server):
+    """A drain slower than --shutdown-timeout-ms: some clients got 1001, the
+    rest are cut without a close frame at the deadline, and the process
+    exits 0 (not after the whole drain)."""
+    n = 40
+    s = start_server("--drain-max-closes-per-s", "10", "--shutdown-timeout-ms", "1000",
+                     "--close-timeout-ms", "60000", "--max-connections-per-ip", "1000")
+    conns = [rawws.connect(s, f"t{i}") for i in range(n)]
+    s.wait_for(lambda: s.health()["connections"] == n, what=f"{n} connections")
+    s.signal(signal.SIGTERM)
+    code = s.wait_exit(15)  # the whole drain would take 4 s; the bound is 1 s
+    assert code == 0, f"exit code {code}; stderr:\n{s.stderr_text()}"
+    went_away = 0
+    for c in conns:
+        try:
+            while True:
+                f = c.recv_frame(T)
+                if f.opcode == OP_CLOSE:
+                    assert f.close_code == 1001
+                    went_away += 1
+                    break
+        except (rawws.Closed, OSError):
+            pass  # cut at the deadline
+        c.close()
+    assert 1 <= went_away < n, went_away
+
+
+def test_second_signal_closes_everything_at_once(start_server):
+    """During a slow drain, a second SIGTERM (or SIGINT) closes every socket
+    now and the process exits 0."""
+    n = 20
+    s = start_server("--drain-max-closes-per-s", "1", "--shutdown-timeout-ms", "120000",
+                     "--max-connections-per-ip", "1000")
+    conns = [rawws.connect(s, f"s{i}") for i in range(n)]
+    s.wait_for(lambda: s.health()["connections"] == n, what=f"{n} connections")
+    s.signal(signal.SIGTERM)
+    s.wait_for(lambda: s.health().get("draining"), what="draining")
+    assert s.health()["connections"] > 1  # one close a second: most still open
+    s.signal(signal.SIGINT)
+    code = s.wait_exit(15)  # the drain alone would take 20 s
+    assert code == 0, f"exit code {code}; stderr:\n{s.stderr_text()}"
+    for c in conns:
+        c.close()
 
 
 def test_shutdown_with_no_connections_exits_0(start_server):

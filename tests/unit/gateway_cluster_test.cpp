@@ -359,5 +359,67 @@ TEST_F(Cluster, DrainingNodeRefusesUpgradesAndClosesEveryoneAtItsRate) {
   for (auto& c : rest) EXPECT_EQ(c.code, CloseCode::going_away);
 }
 
+// The decision every driver (server on SIGTERM, simulator) acts on: keep
+// going while connections close at the pace, exit when empty, or cut the
+// rest once the deadline has passed.
+TEST_F(Cluster, DrainStatusSaysWhenToExitAndTheDeadlineWakesTheDriver) {
+  Limits l;
+  l.drain_max_closes_per_s = 100;  // 10 per 100 ms step
+  Node& a = add("A", l);
+  EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::none);
+  std::vector<ConnId> ids;
+  for (int i = 0; i < 25; ++i) ids.push_back(a.gateway.handle_open("u" + std::to_string(i), now));
+  const uint64_t start = now;
+  a.gateway.handle_drain(now, start + 250);
+  EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::in_progress);
+  EXPECT_NE(a.gateway.render_health().find(R"("status":"ok")"), std::string::npos);
+  EXPECT_NE(a.gateway.render_health().find(R"("draining":true)"), std::string::npos);
+  // Every closed socket is reported back; the status follows the count.
+  for (const CloseRequest& c : a.gateway.take_closes()) a.gateway.handle_closed(c.id);
+  EXPECT_EQ(a.gateway.connection_count(), 15u);
+  now += 100;
+  a.gateway.handle_tick(now);
+  for (const CloseRequest& c : a.gateway.take_closes()) a.gateway.handle_closed(c.id);
+  EXPECT_EQ(a.gateway.connection_count(), 5u);
+  EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::in_progress);
+  // The deadline (start + 250) comes before the next step (start + 300):
+  // the driver is woken for it, and then it is overdue.
+  EXPECT_EQ(a.gateway.next_tick_ms(), start + 200);
+  now += 100;
+  a.gateway.handle_tick(now);
+  EXPECT_EQ(a.gateway.take_closes().size(), 5u);  // asked, not yet closed
+  EXPECT_EQ(a.gateway.next_tick_ms(), start + 250);
+  now = start + 250;
+  a.gateway.handle_tick(now);
+  EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::overdue);
+  EXPECT_GT(a.gateway.next_tick_ms(), now);  // past the deadline: no spinning
+  for (ConnId id : ids)
+    if (a.gateway.is_open(id)) a.gateway.handle_closed(id);
+  EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::complete);
+}
+
+TEST_F(Cluster, SlowDrainRateIsHeldBelowTenPerSecond) {
+  Limits l;
+  l.drain_max_closes_per_s = 2;  // one close every 500 ms
+  Node& a = add("A", l);
+  for (int i = 0; i < 10; ++i) a.gateway.handle_open("u" + std::to_string(i), now);
+  const uint64_t start = now;
+  a.gateway.handle_drain(now, start + 60000);
+  size_t closed = a.gateway.take_closes().size();
+  EXPECT_EQ(closed, 1u);
+  for (int step = 0; step < 100 && now < start + 2000; ++step) {  // 2 s: the first close plus 4 more
+    now = std::min(a.gateway.next_tick_ms(), start + 2000);
+    a.gateway.handle_tick(now);
+    closed += a.gateway.take_closes().size();
+  }
+  EXPECT_EQ(closed, 5u);
+}
+
+TEST_F(Cluster, EmptyNodeDrainsAtOnce) {
+  Node& a = add("A");
+  a.gateway.handle_drain(now, now + 5000);
+  EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::complete);
+}
+
 }  // namespace
 }  // namespace wsgate

@@ -148,6 +148,58 @@ INSTANTIATE_TEST_SUITE_P(
                       BadInput{R"({"type":"broadcast"})", "Missing field: content"}),
     [](const auto& info) { return "case" + std::to_string(info.index); });
 
+// RFC 3629, strictly: what a browser accepts in a text frame.
+bool is_valid_utf8(std::string_view s) {
+  for (size_t i = 0; i < s.size();) {
+    const auto c = static_cast<unsigned char>(s[i]);
+    size_t len = c < 0x80 ? 1 : (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+    if (len == 0 || i + len > s.size()) return false;
+    const auto b1 = static_cast<unsigned char>(len > 1 ? s[i + 1] : 0x80);
+    if (len > 1 && (b1 < 0x80 || b1 > 0xBF)) return false;
+    if ((c == 0xE0 && b1 < 0xA0) || (c == 0xED && b1 > 0x9F) || (c == 0xF0 && b1 < 0x90) || (c == 0xF4 && b1 > 0x8F))
+      return false;
+    for (size_t k = 2; k < len; ++k)
+      if ((static_cast<unsigned char>(s[i + k]) & 0xC0) != 0x80) return false;
+    i += len;
+  }
+  return true;
+}
+
+TEST(Gateway, UnknownTypeIsQuotedWithoutCuttingACharacter) {
+  // The quote is cut at 64 bytes. Put a 2-, 3- and 4-byte character across
+  // that cut at every offset: the reply must stay valid UTF-8 and keep
+  // every whole character before the cut.
+  for (const std::string ch : {"\xC3\xA9", "\xE2\x82\xAC", "\xF0\x9F\x98\x80"}) {
+    for (size_t pad = 60; pad <= 64; ++pad) {
+      Gateway gw(small_config());
+      ConnId a = gw.handle_open("alice", 0);
+      const std::string type = std::string(pad, 'x') + ch + ch;
+      gw.handle_text(a, R"({"type":")" + type + R"("})", 1);
+      const Texts replies = texts(gw, a);
+      ASSERT_EQ(replies.size(), 1u);
+      EXPECT_TRUE(is_valid_utf8(replies[0])) << "pad " << pad << " char bytes " << ch.size();
+      std::string kept;
+      while (kept.size() + ch.size() <= 64 - pad + 0 && kept.size() < 2 * ch.size()) kept += ch;
+      EXPECT_EQ(replies[0], R"({"type":"error","message":"Unknown message type: )" + std::string(pad, 'x') + kept + "\"}")
+          << "pad " << pad << " char bytes " << ch.size();
+    }
+  }
+}
+
+TEST(Gateway, EveryErrorReplyIsValidUtf8) {
+  const std::string inputs[] = {
+      "not json \xC3\xA9", R"({"type":"\u00e9\u20ac"})", R"({"type":"\ud83d\ude00"})",
+      std::string(R"({"type":")") + std::string(63, 'a') + "\xE2\x82\xAC\"}",
+      R"({"type":"send_message","target_user":"\u00e9"})", "[\"\xF0\x9F\x98\x80\"]",
+      R"({"type":5,"content":"\u00e9"})"};
+  for (const std::string& in : inputs) {
+    Gateway gw(small_config());
+    ConnId a = gw.handle_open("alice", 0);
+    gw.handle_text(a, in, 1);
+    for (const std::string& reply : texts(gw, a)) EXPECT_TRUE(is_valid_utf8(reply)) << in << " -> " << reply;
+  }
+}
+
 TEST(Gateway, MessageToAbsentUserIsDroppedAndCounted) {
   Gateway gw(small_config());
   ConnId a = gw.handle_open("alice", 0);

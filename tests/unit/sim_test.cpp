@@ -63,6 +63,32 @@ TEST(Sim, EveryFaultHappensAndInvariantsHold) {
   EXPECT_GE(s.presence_converged_ms, 0);
 }
 
+// The server's SIGTERM path, in the simulator: the core paces the closes
+// and says when the node may exit. A drain faster than the deadline closes
+// everyone with 1001; a slower one is cut at the deadline, and the clients
+// it still held reconnect elsewhere. Invariants hold either way.
+TEST(Sim, DrainExitsWhenEmptyOrAtTheShutdownDeadline) {
+  SimOptions o = small(11);
+  o.clients = 600;
+  o.nodes = 3;
+  o.faults = 0;
+  o.set(Fault::drain);
+  o.duration_ms = 8000;
+  const SimResult fast = run(o);
+  EXPECT_TRUE(fast.ok()) << describe(o, fast);
+  ASSERT_GT(fast.stats.drains, 0u);
+  EXPECT_GT(fast.stats.drain_closes, 0u);
+  EXPECT_EQ(fast.stats.drain_cut, 0u);
+
+  o.drain_max_closes_per_s = 20;  // ~200 connections would take 10 s
+  o.shutdown_timeout_ms = 1000;
+  const SimResult slow = run(o);
+  EXPECT_TRUE(slow.ok()) << describe(o, slow);
+  ASSERT_GT(slow.stats.drains, 0u);
+  EXPECT_GT(slow.stats.drain_cut, 0u);
+  EXPECT_LE(slow.stats.drain_closes, slow.stats.drains * (20 + 2));  // 1 s at 20/s, per drain
+}
+
 TEST(Sim, ScenarioFailover) {
   SimOptions o;
   o.scenario = "failover";
