@@ -11,6 +11,7 @@
 namespace wsgate {
 
 Frame* Frame::allocate(size_t bytes) {
+  static_assert(offsetof(Frame, bytes_) == Frame::offsetof_bytes);
   void* p = std::malloc(offsetof(Frame, bytes_) + bytes);
   if (!p) throw std::bad_alloc();
   return new (p) Frame();

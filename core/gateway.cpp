@@ -2,6 +2,7 @@
 #include "wsgate/assert.hpp"
 
 #include <algorithm>
+#include <utility>
 
 #include "wsgate/json_escape.hpp"
 #include "wsgate/protocol.hpp"
@@ -89,6 +90,13 @@ struct Gateway::Slot {
   uint64_t last_seen_ms = 0;
   uint64_t driver_tag = 0;
   Outbox out;
+  AdmissionControl::OpenIp* ip = nullptr;  // counted against max_open_connections_per_ip
+  // Client message rate (token buckets) and the refusals of this window.
+  uint64_t rate_refill_ms = 0;
+  uint64_t refusal_window_ms = 0;
+  uint32_t refusals = 0;
+  TokenBucket message_tokens;
+  TokenBucket byte_tokens;
 };
 
 Gateway::Gateway(GatewayConfig config, Transport* transport)
@@ -99,6 +107,11 @@ Gateway::Gateway(GatewayConfig config, Transport* transport)
       publish_senders_(config_.limits.max_tracked_publishes),
       ping_frame_(FrameRef::encode(Opcode::ping, {})),
       pong_frame_(FrameRef::encode(Opcode::text, R"({"type":"pong"})")) {
+  const Limits& l = config_.limits;
+  rate_error_messages_ = "Rate limit exceeded: at most " + std::to_string(l.client_max_messages_per_s) +
+                         " messages/s (burst " + std::to_string(l.client_burst_messages) + "); message dropped";
+  rate_error_bytes_ = "Rate limit exceeded: at most " + std::to_string(l.client_max_bytes_per_s) +
+                      " bytes/s (burst " + std::to_string(l.client_burst_bytes) + "); message dropped";
   WSGATE_ASSERT(limits_are_consistent(config_.limits));
   WSGATE_ASSERT(config_.node_id.find('\n') == std::string::npos);
   origin_ = config_.node_id + "/" + hex(config_.incarnation);
@@ -146,8 +159,21 @@ size_t Gateway::connections_of(std::string_view user_id) const {
 
 Admission Gateway::handle_upgrade_request(std::string_view ip, uint64_t now_ms) {
   now_ms_ = now_ms;
+  has_admitted_ip_ = false;
   if (draining_) return Admission::draining;
-  return admission_.admit(ip, open_count_, now_ms);
+  // Near the budget a new client would only add to the queues that are
+  // about to be shed: refuse it until they drain (see shed_largest_queues).
+  if (ledger_.bytes > queue_budget_refuse_bytes()) return Admission::queue_budget;
+  const Admission a = admission_.admit(ip, open_count_, now_ms);
+  if (a == Admission::ok) {
+    admitted_ip_.assign(ip);
+    has_admitted_ip_ = true;
+  }
+  return a;
+}
+
+size_t Gateway::queue_budget_refuse_bytes() const {
+  return size_t(config_.limits.node_send_queue_max_bytes) / 4 * 3;
 }
 
 ConnId Gateway::handle_open(std::string_view user_id, uint64_t now_ms, uint64_t driver_tag) {
@@ -158,12 +184,23 @@ ConnId Gateway::handle_open(std::string_view user_id, uint64_t now_ms, uint64_t 
   } else {
     index = uint32_t(slots_.size());
     slots_.emplace_back();
+    slots_.back().out.set_ledger(&ledger_);
   }
   Slot& s = slots_[index];
   now_ms_ = now_ms;
-  WSGATE_ASSERT(s.state == Slot::State::free && s.out.empty() && !s.user);
+  WSGATE_ASSERT(s.state == Slot::State::free && s.out.empty() && !s.user && !s.ip);
   s.state = Slot::State::open;
   s.last_seen_ms = now_ms;
+  // The upgrade request that admitted this connection named its address
+  // (both drivers open right after admitting, with nothing in between).
+  if (has_admitted_ip_) {
+    s.ip = admission_.hold(admitted_ip_);
+    has_admitted_ip_ = false;
+  }
+  s.rate_refill_ms = s.refusal_window_ms = now_ms;
+  s.refusals = 0;
+  s.message_tokens.fill(config_.limits.client_burst_messages);
+  s.byte_tokens.fill(config_.limits.client_burst_bytes);
   s.driver_tag = driver_tag;
   const ConnId id{index, s.generation};
   ++open_count_;
@@ -232,6 +269,9 @@ void Gateway::handle_text(ConnId id, std::string_view payload, uint64_t now_ms) 
   // After a close was requested the connection is on its way out; what it
   // still sends is not acted on (RFC 6455 5.5.1 allows ignoring it).
   if (s->state != Slot::State::open) return;
+  // Before parsing: a flood costs one bucket check per message, and a
+  // broadcast's O(connections) fan-out happens only within the rate.
+  if (!within_rate(id, *s, payload.size(), now_ms)) return;
 
   const ParseResult r = parser_->parse(payload);
   if (!r.ok) {
@@ -285,7 +325,9 @@ void Gateway::handle_closed(ConnId id) {
   Slot* s = slot(id);
   if (!s) return;
   detach_from_user(id.index);
+  admission_.release(std::exchange(s->ip, nullptr));
   s->out.clear();
+  metrics_.queued_memory_bytes = ledger_.bytes;
   s->state = Slot::State::free;
   s->dirty = false;
   ++s->generation;  // every id held for the old connection is now stale
@@ -443,21 +485,90 @@ void Gateway::run_heartbeat(uint64_t now_ms) {
   }
 }
 
+// Client messages pass two token buckets, one counting messages and one
+// bytes. Past either the message is dropped and the client told why; one
+// that keeps going (client_max_rate_refusals refusals within a window) is
+// closed with 1008, so a misbehaving client cannot make the node answer
+// errors forever either.
+bool Gateway::within_rate(ConnId id, Slot& s, size_t bytes, uint64_t now_ms) {
+  const Limits& l = config_.limits;
+  const uint64_t elapsed_ms = now_ms > s.rate_refill_ms ? now_ms - s.rate_refill_ms : 0;
+  s.rate_refill_ms = std::max(s.rate_refill_ms, now_ms);
+  const bool limit_messages = l.client_max_messages_per_s > 0, limit_bytes = l.client_max_bytes_per_s > 0;
+  if (limit_messages) s.message_tokens.refill(elapsed_ms, l.client_max_messages_per_s, l.client_burst_messages);
+  if (limit_bytes) s.byte_tokens.refill(elapsed_ms, l.client_max_bytes_per_s, l.client_burst_bytes);
+  const bool messages_ok = !limit_messages || s.message_tokens.holds(1);
+  const bool bytes_ok = !limit_bytes || s.byte_tokens.holds(bytes);
+  if (messages_ok && bytes_ok) {
+    if (limit_messages) s.message_tokens.take(1);
+    if (limit_bytes) s.byte_tokens.take(bytes);
+    return true;
+  }
+  ++metrics_.rate_limited_messages_total;
+  if (now_ms - s.refusal_window_ms >= l.client_rate_refusal_window_ms) {
+    s.refusal_window_ms = now_ms;
+    s.refusals = 0;
+  }
+  if (++s.refusals >= l.client_max_rate_refusals) {
+    ++metrics_.rate_limit_closes_total;
+    request_close(id, CloseCode::policy_violation, "rate limit exceeded");
+    return false;
+  }
+  send_error(id, messages_ok ? rate_error_bytes_ : rate_error_messages_);
+  return false;
+}
+
+// Queues are measured in memory (Outbox::charge_of), so a flood of tiny
+// frames is bounded as tightly as one of large ones.
 void Gateway::enqueue(ConnId id, Slot& s, const FrameRef& f, const MessageType* counted) {
   if (s.state != Slot::State::open) return;
-  if (s.out.queued_bytes() + f->size() > config_.limits.send_queue_max_bytes) {
-    ++metrics_.slow_consumer_closes_total;
-    // What it has not started to receive is dropped now, so its memory is
-    // returned at once and the close frame is next in line.
-    s.out.drop_unsent();
-    request_close(id, CloseCode::policy_violation, "slow consumer");
+  if (s.out.memory_bytes() + Outbox::charge_of(f) > config_.limits.send_queue_max_bytes) {
+    close_slow_consumer(id, s);
     return;
   }
   s.out.push(f);
   if (counted) ++metrics_.messages_out_total[size_t(*counted)];
+  note_queued(id, s);
+}
+
+void Gateway::close_slow_consumer(ConnId id, Slot& s) {
+  ++metrics_.slow_consumer_closes_total;
+  // What it has not started to receive is dropped now, so its memory is
+  // returned at once and the close frame is next in line.
+  s.out.drop_unsent();
+  request_close(id, CloseCode::policy_violation, "slow consumer");
+}
+
+void Gateway::note_queued(ConnId id, Slot& s) {
   if (!s.dirty) {
     s.dirty = true;
     dirty_.push_back(id);
+  }
+  if (ledger_.bytes > config_.limits.node_send_queue_max_bytes) shed_pending_ = true;
+}
+
+// Past the node's budget, the connections holding the most are closed
+// first: they are the ones not reading, and each close returns the most.
+// Shedding stops as soon as the node is back under the budget; upgrades
+// stay refused until it is under 3/4 of it (handle_upgrade_request), so
+// the node settles instead of shedding one connection per new arrival.
+void Gateway::shed_largest_queues() {
+  shed_pending_ = false;
+  const size_t budget = config_.limits.node_send_queue_max_bytes;
+  if (ledger_.bytes <= budget) return;
+  std::vector<std::pair<size_t, uint32_t>> queues;  // (memory, slot)
+  for (uint32_t i = 0; i < slots_.size(); ++i)
+    if (slots_[i].state == Slot::State::open && slots_[i].out.memory_bytes() > 0)
+      queues.emplace_back(slots_[i].out.memory_bytes(), i);
+  std::make_heap(queues.begin(), queues.end());
+  while (ledger_.bytes > budget && !queues.empty()) {
+    std::pop_heap(queues.begin(), queues.end());
+    const uint32_t i = queues.back().second;
+    queues.pop_back();
+    Slot& s = slots_[i];
+    ++metrics_.queue_budget_closes_total;
+    s.out.drop_unsent();
+    request_close(ConnId{i, s.generation}, CloseCode::policy_violation, "node send-queue budget exceeded");
   }
 }
 
@@ -562,12 +673,11 @@ void Gateway::on_transport_publish_unrouted(uint64_t number) {
   if (p.number == number && p.direct) ++metrics_.messages_undeliverable_total;
 }
 
+// Presence and subscriptions are the transport's to restore after a
+// reconnect: it holds both and knows when the backend lost them. Writing
+// every user again from here too would double the writes.
 void Gateway::on_transport_state(TransportState state) {
   metrics_.transport_connected = state == TransportState::connected;
-  if (state != TransportState::connected) return;
-  // The backend may have lost what we stored (a restarted Redis): say again
-  // who is here. Subscriptions are the transport's to restore.
-  for (const auto& user : users_) update_presence(user);
 }
 
 void Gateway::update_presence(const UserMap::value_type& user) {
@@ -582,6 +692,8 @@ void Gateway::request_close(ConnId id, CloseCode code, std::string_view reason) 
 }
 
 std::vector<ConnId> Gateway::take_dirty() {
+  if (shed_pending_) shed_largest_queues();
+  metrics_.queued_memory_bytes = ledger_.bytes;
   std::vector<ConnId> out;
   out.swap(dirty_);
   for (ConnId id : out)
@@ -611,18 +723,18 @@ void Gateway::push_control(ConnId id, const uint8_t* bytes, size_t n) {
     FrameHeader h;
     if (decode_frame_header(bytes, n, h) != FrameHeaderStatus::complete) return;  // wslay writes whole frames
     const size_t frame = size_t(std::min<uint64_t>(n, h.header_bytes + h.payload_bytes));
-    const bool is_close = h.opcode == uint8_t(Opcode::close);
+    const uint8_t opcode = h.opcode;
+    const bool is_close = opcode == uint8_t(Opcode::close);
     if (is_close || s->state == Slot::State::open) {
-      if (!is_close && s->out.queued_bytes() + frame > config_.limits.send_queue_max_bytes) {
-        ++metrics_.slow_consumer_closes_total;
-        s->out.drop_unsent();
-        request_close(id, CloseCode::policy_violation, "slow consumer");
+      FrameRef f = FrameRef::copy_of(bytes, frame);
+      if (!is_close && s->out.memory_bytes() + Outbox::charge_of(f) > config_.limits.send_queue_max_bytes) {
+        close_slow_consumer(id, *s);
       } else {
-        s->out.push(FrameRef::copy_of(bytes, frame));
-        if (!s->dirty) {
-          s->dirty = true;
-          dirty_.push_back(id);
-        }
+        // A pong replaces the one still queued: only the latest ping is
+        // answered (RFC 6455 5.5.3), so a ping flood holds one pong here.
+        if (opcode == uint8_t(Opcode::pong)) s->out.push_pong(std::move(f));
+        else s->out.push(std::move(f));
+        note_queued(id, *s);
       }
     }
     bytes += frame;
@@ -635,6 +747,7 @@ void Gateway::handle_sent(ConnId id, size_t n) {
   if (!s) return;
   s->out.consume(n);
   metrics_.bytes_out_total += n;
+  metrics_.queued_memory_bytes = ledger_.bytes;
 }
 
 std::string Gateway::render_health() const {

@@ -14,6 +14,8 @@ const char* reject_reason_name(RejectReason r) {
     case RejectReason::rate_limited: return "rate_limited";
     case RejectReason::not_found: return "not_found";
     case RejectReason::draining: return "draining";
+    case RejectReason::too_many_open_per_ip: return "too_many_open_per_ip";
+    case RejectReason::queue_budget: return "queue_budget";
     case RejectReason::count_: break;
   }
   return "unknown";
@@ -114,6 +116,14 @@ std::string Metrics::render_prometheus(std::string_view node_id) const {
   w.sample("wsgate_rebalance_closes_total", rebalance_closes_total);
   w.header("wsgate_drain_closes_total", "counter", "Connections closed (1001) while the node drained.");
   w.sample("wsgate_drain_closes_total", drain_closes_total);
+  w.header("wsgate_rate_limited_messages_total", "counter", "Client messages dropped (answered with an error) past the per-connection message or byte rate.");
+  w.sample("wsgate_rate_limited_messages_total", rate_limited_messages_total);
+  w.header("wsgate_rate_limit_closes_total", "counter", "Connections closed (1008) for exceeding the message or byte rate client_max_rate_refusals times in a window.");
+  w.sample("wsgate_rate_limit_closes_total", rate_limit_closes_total);
+  w.header("wsgate_queue_budget_closes_total", "counter", "Connections with the largest send queues closed (1008) because the node's queued memory passed node_send_queue_max_bytes.");
+  w.sample("wsgate_queue_budget_closes_total", queue_budget_closes_total);
+  w.header("wsgate_queued_memory_bytes", "gauge", "Memory of every frame queued to client connections (a shared frame counted once).");
+  w.sample("wsgate_queued_memory_bytes", queued_memory_bytes);
   return out;
 }
 

@@ -209,6 +209,8 @@ void EventLoop::handle_completion(const io_uring_cqe& cqe) {
     case Op::redis_send:
     case Op::redis_close:
       return on_redis_completion(ud.op, RedisLink(ud.index), cqe);
+    case Op::redis_resolved:
+      return on_resolved(cqe);
     default: break;
   }
   Socket* s = sockets_.find(ud.index, ud.generation);

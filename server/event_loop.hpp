@@ -36,6 +36,7 @@
 #include "listener.hpp"
 #include "options.hpp"
 #include "redis_transport.hpp"
+#include "resolver.hpp"
 #include "socket_table.hpp"
 #include "user_data.hpp"
 #include "wsgate/gateway.hpp"
@@ -127,7 +128,13 @@ class EventLoop final : private RedisIo {
   void redis_connect(RedisLink link) override;
   void redis_want_write(RedisLink link) override;
   void redis_close(RedisLink link) override;
+  void redis_report_error(std::string_view line) override;
   void on_redis_completion(Op op, RedisLink link, const io_uring_cqe& cqe);
+  void on_resolved(const io_uring_cqe& cqe);
+  void arm_resolver_read();
+  void connect_next_address(RedisLink link);
+  void log_redis_connect_failure(const std::string& line);
+  void render_redis_metrics(std::string& out, const std::string& label) const;
   void flush_redis();
   void fail_redis_link(RedisLink link);
   void arm_redis_recv(RedisLink link);
@@ -138,11 +145,24 @@ class EventLoop final : private RedisIo {
     bool recv_armed = false;
     bool send_in_flight = false;
     bool closing = false;
-    sockaddr_storage address{};
+    bool resolving = false;     // a lookup for this generation is on the resolver
+    bool report_down = false;   // closed without a socket: tell the transport next flush
+    // Every address the name resolved to, tried in turn; the kernel reads
+    // the one being connected to when the connect runs, so it lives here.
+    std::vector<ResolvedAddress> addresses;
+    size_t next_address = 0;
+    std::string last_error;     // of the addresses tried so far
+    __kernel_timespec connect_timeout{};  // read by the kernel at submit
     std::string sending;  // a stable copy of what the send in flight writes
     size_t sent = 0;
   };
   RedisLinkState redis_links_[2];
+  std::unique_ptr<Resolver> resolver_;
+  uint64_t resolver_counter_ = 0;  // the eventfd read lands here
+  bool resolver_read_armed_ = false;
+  uint64_t redis_connect_failures_total_ = 0;  // attempts that reached no address
+  std::string last_redis_connect_log_;
+  uint64_t last_redis_connect_log_ms_ = 0;
 
   // --- per iteration --------------------------------------------------------
   void run_timers();

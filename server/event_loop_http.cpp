@@ -95,6 +95,12 @@ void EventLoop::upgrade(Socket& s, uint32_t index, const RequestHead& head) {
     case Admission::draining:
       gateway_.metrics().reject(RejectReason::draining);
       return respond(s, index, 503, "text/plain", "node is draining");
+    case Admission::too_many_open_per_ip:
+      gateway_.metrics().reject(RejectReason::too_many_open_per_ip);
+      return respond(s, index, 429, "text/plain", "too many open connections from this address");
+    case Admission::queue_budget:
+      gateway_.metrics().reject(RejectReason::queue_budget);
+      return respond(s, index, 503, "text/plain", "node send queues near their memory budget");
   }
   // A missing or badly encoded user_id opens with "" and the core closes
   // 4001; one that is too long is passed on, and the core closes 4001 too,
@@ -176,6 +182,7 @@ std::string EventLoop::render_metrics() const {
          "# TYPE wsgate_sockets_in_use gauge\n"
          "wsgate_sockets_in_use" + label + std::to_string(sockets_.in_use()) + "\n";
   out += render_shm_metrics(label);
+  render_redis_metrics(out, label);
   return out;
 }
 

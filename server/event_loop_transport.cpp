@@ -1,6 +1,7 @@
 // The event loop's side of the transport: choosing it, and driving the
 // Redis transport's two TCP links on the loop's own ring (hiredis is only
-// its codec; there is no other thread and no blocking socket call).
+// its codec; no blocking socket call). Host names are looked up on the
+// resolver's thread (resolver.hpp), every address in turn is tried.
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -28,19 +29,22 @@ constexpr uint64_t shm_poll_interval_ms = 1;
 std::unique_ptr<Transport> EventLoop::make_transport() {
   if (options_.transport == "redis") {
     RedisOptions o;
-    const size_t colon = options_.redis.rfind(':');
-    o.host = options_.redis.substr(0, colon);
-    o.port = uint16_t(std::stoul(options_.redis.substr(colon + 1)));
+    o.host = options_.redis_host;  // validated by parse_options
+    o.port = options_.redis_port;
     o.password = options_.redis_password;
     o.prefix = options_.redis_prefix;
     o.node_id = options_.node_id;
     o.presence_ttl_ms = options_.presence_ttl_ms;
+    o.timeout_ms = options_.redis_timeout_ms;
+    // The lookup and every address it returned, each with its share.
+    o.connect_timeout_ms = 2 * options_.redis_timeout_ms;
     // Consistent with max_message_bytes (options.cpp checked it).
     o.max_output_bytes = options_.buffers.redis_output_max_bytes;
     o.max_payload_bytes = options_.buffers.redis_payload_max_bytes;
     o.max_inbound_bytes = options_.buffers.redis_inbound_max_bytes;
     auto t = std::make_unique<RedisTransport>(o, static_cast<RedisIo&>(*this));
     redis_ = t.get();
+    resolver_ = std::make_unique<Resolver>();
     return t;
   }
   if (options_.transport == "shm") {
@@ -90,37 +94,144 @@ uint64_t EventLoop::next_transport_deadline_ms() const {
   return UINT64_MAX;
 }
 
-// Resolving the name blocks, once per (re)connect of a link: Redis is one
-// address that rarely changes, and a Kubernetes service name must be looked
-// up again after Redis moves.
+// The name is looked up again at every (re)connect of a link (a Kubernetes
+// service may have moved), on the resolver's thread: the loop goes on
+// serving meanwhile and hears of the answer in on_resolved.
 void EventLoop::redis_connect(RedisLink link) {
   RedisLinkState& l = redis_links_[size_t(link)];
-  const RedisOptions& o = redis_->options();
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  const std::string port = std::to_string(o.port);
-  if (const int r = getaddrinfo(o.host.c_str(), port.c_str(), &hints, &found); r != 0 || !found) {
-    log_line("wsgate redis: cannot resolve %s: %s", o.host.c_str(), gai_strerror(r));
-    redis_->on_disconnected(link, now_ms_);
-    return;
-  }
-  l.fd = socket(found->ai_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
-  if (l.fd < 0) {
-    freeaddrinfo(found);
-    redis_->on_disconnected(link, now_ms_);
-    return;
-  }
   ++l.generation;
   l.closing = false;
-  // The kernel reads the address when the connect runs: it lives in the link.
-  std::memcpy(&l.address, found->ai_addr, found->ai_addrlen);
-  const socklen_t addrlen = found->ai_addrlen;
-  freeaddrinfo(found);
+  l.resolving = true;
+  l.addresses.clear();
+  l.next_address = 0;
+  l.last_error.clear();
+  const RedisOptions& o = redis_->options();
+  resolver_->request(uint32_t(link), (uint64_t(link) << 32) | l.generation, o.host, o.port);
+  arm_resolver_read();
+}
+
+void EventLoop::arm_resolver_read() {
+  if (resolver_read_armed_) return;
   io_uring_sqe* sqe = get_sqe();
-  io_uring_prep_connect(sqe, l.fd, reinterpret_cast<sockaddr*>(&l.address), addrlen);
-  io_uring_sqe_set_data64(sqe, pack_user_data(Op::redis_connect, uint32_t(link), l.generation));
+  io_uring_prep_read(sqe, resolver_->event_fd(), &resolver_counter_, sizeof resolver_counter_, 0);
+  io_uring_sqe_set_data64(sqe, pack_user_data(Op::redis_resolved, 0, 0));
+  resolver_read_armed_ = true;
+}
+
+void EventLoop::on_resolved(const io_uring_cqe&) {
+  resolver_read_armed_ = false;
+  bool waiting = false;
+  for (Resolution& r : resolver_->take_results()) {
+    const auto link = RedisLink(r.tag >> 32);
+    RedisLinkState& l = redis_links_[size_t(link)];
+    if (!l.resolving || uint32_t(r.tag) != l.generation) continue;  // given up on meanwhile
+    l.resolving = false;
+    if (r.addresses.empty()) {
+      ++redis_connect_failures_total_;
+      log_redis_connect_failure("wsgate redis: cannot resolve " + options_.redis_host + ": " + r.error);
+      redis_->on_disconnected(link, now_ms_);
+      continue;
+    }
+    l.addresses = std::move(r.addresses);
+    connect_next_address(link);
+  }
+  for (const RedisLinkState& l : redis_links_) waiting = waiting || l.resolving;
+  if (waiting) arm_resolver_read();
+}
+
+namespace {
+
+// What the kernel can see of a dead Redis: no ACK for what we sent
+// (TCP_USER_TIMEOUT), no answer to keepalive probes on an idle link. The
+// transport's PING covers the rest (a peer that ACKs but never answers).
+void set_redis_socket_options(int fd, uint32_t timeout_ms) {
+  const int one = 1;
+  const int probe_s = int(std::max<uint32_t>(1, timeout_ms / 3000));
+  const int probes = 2;
+  const unsigned user_timeout = timeout_ms;
+  setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &probe_s, sizeof probe_s);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &probe_s, sizeof probe_s);
+  setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &probes, sizeof probes);
+  setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &user_timeout, sizeof user_timeout);
+}
+
+}  // namespace
+
+// Tries the addresses left in turn, each bounded by a linked timeout (an
+// equal share of the Redis timeout, so a blackholed first address does not
+// use up the attempt); answers on_disconnected once none is left.
+void EventLoop::connect_next_address(RedisLink link) {
+  RedisLinkState& l = redis_links_[size_t(link)];
+  while (l.next_address < l.addresses.size()) {
+    const ResolvedAddress& a = l.addresses[l.next_address++];
+    l.fd = socket(a.address.ss_family, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (l.fd < 0) {
+      l.last_error = format_address(a) + ": " + std::strerror(errno);
+      continue;
+    }
+    set_redis_socket_options(l.fd, options_.redis_timeout_ms);
+    const uint64_t share_ms = std::max<uint64_t>(100, options_.redis_timeout_ms / l.addresses.size());
+    l.connect_timeout.tv_sec = int64_t(share_ms / 1000);
+    l.connect_timeout.tv_nsec = int64_t(share_ms % 1000) * 1000000;
+    // The connect and its timeout go to the kernel in one submission.
+    if (io_uring_sq_space_left(&ring_) < 2) submit_now();
+    io_uring_sqe* sqe = get_sqe();
+    io_uring_prep_connect(sqe, l.fd, reinterpret_cast<const sockaddr*>(&a.address), a.length);
+    sqe->flags |= IOSQE_IO_LINK;
+    io_uring_sqe_set_data64(sqe, pack_user_data(Op::redis_connect, uint32_t(link), l.generation));
+    io_uring_sqe* timeout = get_sqe();
+    io_uring_prep_link_timeout(timeout, &l.connect_timeout, 0);
+    io_uring_sqe_set_data64(timeout, pack_user_data(Op::cancel, 0, 0));
+    return;
+  }
+  ++redis_connect_failures_total_;
+  log_redis_connect_failure("wsgate redis: cannot connect to " + options_.redis_address() + " (" +
+                            std::to_string(l.addresses.size()) + " address" + (l.addresses.size() == 1 ? "" : "es") +
+                            " tried; last: " + l.last_error + ")");
+  redis_->on_disconnected(link, now_ms_);
+}
+
+// The same failure every backoff interval is one line a minute, not one
+// per attempt.
+void EventLoop::log_redis_connect_failure(const std::string& line) {
+  if (line == last_redis_connect_log_ && now_ms_ - last_redis_connect_log_ms_ < 60000) return;
+  last_redis_connect_log_ = line;
+  last_redis_connect_log_ms_ = now_ms_;
+  log_line("%s", line.c_str());
+}
+
+void EventLoop::redis_report_error(std::string_view line) {
+  log_line("wsgate redis: %.*s", int(line.size()), line.data());
+}
+
+void EventLoop::render_redis_metrics(std::string& out, const std::string& label) const {
+  if (!redis_) return;
+  const RedisStats& st = redis_->stats();
+  auto counter = [&](const char* name, const char* help, uint64_t v) {
+    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + label +
+           std::to_string(v) + "\n";
+  };
+  counter("wsgate_redis_connects_total", "Redis TCP connections established (both links).", st.connects);
+  counter("wsgate_redis_connect_failures_total",
+          "Redis connect attempts that failed (the name did not resolve, or every address refused or timed out); "
+          "the log repeats the same failure at most once a minute.",
+          redis_connect_failures_total_);
+  counter("wsgate_redis_disconnects_total", "Ready Redis links lost (closed, reset or timed out).", st.disconnects);
+  counter("wsgate_redis_link_timeouts_total",
+          "Redis links dropped because Redis answered nothing for --redis-timeout-ms.", st.link_timeouts);
+  counter("wsgate_redis_auth_failures_total", "Redis refused the password (AUTH).", st.auth_failures);
+  static constexpr const char* causes[redis_error_causes] = {"auth",    "handshake",    "subscribe",
+                                                              "command", "link_timeout", "protocol"};
+  out += "# HELP wsgate_redis_errors_total Redis errors by cause (each logged at most once a minute).\n"
+         "# TYPE wsgate_redis_errors_total counter\n";
+  const std::string open = label.substr(0, label.rfind('}'));
+  for (size_t i = 0; i < redis_error_causes; ++i)
+    out += "wsgate_redis_errors_total" + open + ",cause=\"" + causes[i] + "\"} " +
+           std::to_string(st.errors_by_cause[i]) + "\n";
+  out += "# HELP wsgate_redis_presence_unwritten Users whose presence waits for room on the Redis command link.\n"
+         "# TYPE wsgate_redis_presence_unwritten gauge\n"
+         "wsgate_redis_presence_unwritten" + label + std::to_string(redis_->presence_unwritten()) + "\n";
 }
 
 void EventLoop::redis_want_write(RedisLink) {}  // flush_redis looks every iteration
@@ -129,10 +240,20 @@ void EventLoop::redis_close(RedisLink link) { fail_redis_link(link); }
 
 // Cancel what is in flight and close; the transport hears of it when the
 // close completes, so no completion of this connection arrives after.
+// Without a socket (still resolving) there is nothing to close: the
+// lookup's answer is dropped and the transport hears at the next flush,
+// never from inside its own call.
 void EventLoop::fail_redis_link(RedisLink link) {
   RedisLinkState& l = redis_links_[size_t(link)];
-  if (l.fd < 0 || l.closing) return;
+  if (l.closing || l.report_down) return;
+  if (l.fd < 0) {
+    ++l.generation;
+    l.resolving = false;
+    l.report_down = true;
+    return;
+  }
   l.closing = true;
+  if (io_uring_sq_space_left(&ring_) < 2) submit_now();
   io_uring_sqe* cancel = get_sqe();
   io_uring_prep_cancel_fd(cancel, l.fd, IORING_ASYNC_CANCEL_ALL);
   cancel->flags |= IOSQE_IO_HARDLINK;
@@ -164,10 +285,17 @@ void EventLoop::on_redis_completion(Op op, RedisLink link, const io_uring_cqe& c
   }
   switch (op) {
     case Op::redis_connect:
-      if (cqe.res < 0) {
-        if (!l.closing) log_line("wsgate redis: connect to %s: %s", options_.redis.c_str(), std::strerror(-cqe.res));
-        return fail_redis_link(link);
+      if (cqe.res < 0 && !l.closing) {
+        // Refused, unreachable or past its share of the timeout: the next
+        // address, if any. This socket never connected: closing it cannot block.
+        l.last_error = format_address(l.addresses[l.next_address - 1]) + ": " +
+                       (cqe.res == -ECANCELED ? "timed out" : std::strerror(-cqe.res));
+        close(l.fd);
+        l.fd = -1;
+        ++l.generation;  // nothing of this socket may be taken for the next one's
+        return connect_next_address(link);
       }
+      if (cqe.res < 0) return;  // closing: the close's completion tells the transport
       set_no_delay(l.fd);
       l.connected = true;
       redis_->on_connected(link, now_ms_);
@@ -224,6 +352,11 @@ void EventLoop::flush_redis() {
   for (size_t i = 0; i < 2; ++i) {
     const RedisLink link = RedisLink(i);
     RedisLinkState& l = redis_links_[i];
+    if (l.report_down) {
+      l.report_down = false;
+      redis_->on_disconnected(link, now_ms_);
+      continue;
+    }
     if (l.fd < 0 || !l.connected || l.closing || l.send_in_flight) continue;
     if (l.sending.empty()) {
       const std::string_view out = redis_->output(link);

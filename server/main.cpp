@@ -66,6 +66,7 @@ int main(int argc, char** argv) {
   }
   log_line("wsgate listening on %s node_id=%s transport=%s io_uring=%s", loop.listen_address().c_str(),
            options.node_id.c_str(), options.transport.c_str(), uring.features.c_str());
+  for (const std::string& w : options.warnings) log_line("wsgate warning: %s", w.c_str());
   log_line("wsgate warning: no auth secret configured (development mode): user_id is trusted from the "
            "query string");
   const auto& l = options.limits;

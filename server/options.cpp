@@ -5,8 +5,12 @@
 
 #include <array>
 #include <bit>
+#include <cctype>
+#include <cerrno>
 #include <charconv>
 #include <climits>
+#include <cstdio>
+#include <cstring>
 #include <optional>
 #include <string_view>
 
@@ -23,7 +27,7 @@ struct LimitFlag {
   const char* help;
 };
 
-constexpr std::array<LimitFlag, 20> limit_flags{{
+constexpr std::array<LimitFlag, 29> limit_flags{{
     {"--max-connections", "WSGATE_MAX_CONNECTIONS", &Limits::max_connections, "connections",
      "established WebSocket connections per node; the next upgrade gets 503"},
     {"--max-connections-per-ip", "WSGATE_MAX_CONNECTIONS_PER_IP", &Limits::max_connections_per_ip,
@@ -32,10 +36,28 @@ constexpr std::array<LimitFlag, 20> limit_flags{{
      "length of the per-IP connection window"},
     {"--max-tracked-ips", "WSGATE_MAX_TRACKED_IPS", &Limits::max_tracked_ips, "addresses",
      "client IPs tracked by the rate limiter; when full, new IPs get 429"},
+    {"--max-open-connections-per-ip", "WSGATE_MAX_OPEN_CONNECTIONS_PER_IP", &Limits::max_open_connections_per_ip,
+     "connections", "connections one client IP (IPv6: prefix) may hold open at once; the next upgrade gets 429"},
+    {"--ipv6-prefix-bits", "WSGATE_IPV6_PREFIX_BITS", &Limits::ipv6_prefix_bits, "bits",
+     "IPv6 clients count per prefix of this length for the per-IP limits (1..128; IPv4-mapped counts as IPv4)"},
     {"--max-message-bytes", "WSGATE_MAX_MESSAGE_BYTES", &Limits::max_message_bytes, "bytes",
      "largest message accepted after reassembly; above it: close 1009"},
     {"--send-queue-max-bytes", "WSGATE_SEND_QUEUE_MAX_BYTES", &Limits::send_queue_max_bytes, "bytes",
-     "unsent bytes queued to one connection; past it: close 1008 (slow consumer)"},
+     "memory of the frames queued to one connection (a frame costs its allocation and slot, not just its wire bytes); past it: close 1008 (slow consumer)"},
+    {"--node-send-queue-max-bytes", "WSGATE_NODE_SEND_QUEUE_MAX_BYTES", &Limits::node_send_queue_max_bytes, "bytes",
+     "memory of every frame queued on the node (shared frames once); above 3/4 of it upgrades get 503, above it the largest queues are closed 1008"},
+    {"--client-max-messages-per-s", "WSGATE_CLIENT_MAX_MESSAGES_PER_S", &Limits::client_max_messages_per_s,
+     "messages/s", "messages one connection may send per second (token bucket; 0: unlimited); past it: an error reply, message dropped"},
+    {"--client-burst-messages", "WSGATE_CLIENT_BURST_MESSAGES", &Limits::client_burst_messages, "messages",
+     "messages one connection may send at once above its rate (the bucket's size)"},
+    {"--client-max-bytes-per-s", "WSGATE_CLIENT_MAX_BYTES_PER_S", &Limits::client_max_bytes_per_s, "bytes/s",
+     "message bytes one connection may send per second (token bucket; 0: unlimited); past it: an error reply, message dropped"},
+    {"--client-burst-bytes", "WSGATE_CLIENT_BURST_BYTES", &Limits::client_burst_bytes, "bytes",
+     "message bytes one connection may send at once above its rate; >= max-message-bytes"},
+    {"--client-max-rate-refusals", "WSGATE_CLIENT_MAX_RATE_REFUSALS", &Limits::client_max_rate_refusals,
+     "messages", "a connection refused this many messages by its rate limit within the window is closed (1008)"},
+    {"--client-rate-refusal-window-ms", "WSGATE_CLIENT_RATE_REFUSAL_WINDOW_MS", &Limits::client_rate_refusal_window_ms,
+     "milliseconds", "the window in which rate-limit refusals are counted"},
     {"--heartbeat-interval-ms", "WSGATE_HEARTBEAT_INTERVAL_MS", &Limits::heartbeat_interval_ms,
      "milliseconds", "the server pings every connection this often"},
     {"--idle-timeout-ms", "WSGATE_IDLE_TIMEOUT_MS", &Limits::idle_timeout_ms, "milliseconds",
@@ -110,7 +132,21 @@ constexpr std::array<BufferFlag, 13> buffer_flags{{
 static_assert(sizeof(BufferLimits) == buffer_flags.size() * sizeof(uint32_t),
               "every field of BufferLimits needs a flag");
 
-enum class StringFlag : uint8_t { host, port, node_id, transport, redis, redis_password, redis_prefix, presence_ttl_ms, shm_name, trusted_proxies };
+enum class StringFlag : uint8_t {
+  host,
+  port,
+  node_id,
+  transport,
+  redis,
+  redis_password,
+  redis_password_file,
+  redis_prefix,
+  presence_ttl_ms,
+  redis_timeout_ms,
+  shm_name,
+  trusted_proxies
+};
+
 
 struct OtherFlag {
   const char* flag;
@@ -119,19 +155,24 @@ struct OtherFlag {
   const char* help;
 };
 
-constexpr std::array<OtherFlag, 10> other_flags{{
+constexpr std::array<OtherFlag, 12> other_flags{{
     {"--host", "WSGATE_HOST", StringFlag::host, "address to listen on"},
     {"--port", "PORT", StringFlag::port, "TCP port to listen on; 0 picks a free port"},
     {"--node-id", "NODE_ID", StringFlag::node_id, "this node's id in logs, /health and /metrics"},
     {"--transport", "WSGATE_TRANSPORT", StringFlag::transport,
      "local: this node alone; redis: nodes on many hosts share a Redis; shm: nodes on one host share memory"},
     {"--redis", "REDIS_HOST", StringFlag::redis,
-     "HOST[:PORT] of Redis for --transport redis (REDIS_PORT sets the port)"},
-    {"--redis-password", "REDIS_PASSWORD", StringFlag::redis_password, "Redis AUTH password (empty: none)"},
+     "HOST[:PORT] or [IPV6][:PORT] of Redis for --transport redis; without a port, REDIS_PORT or 6379"},
+    {"--redis-password", "REDIS_PASSWORD", StringFlag::redis_password,
+     "Redis AUTH password (empty: none); on the command line it shows in ps: prefer the variable or a file"},
+    {"--redis-password-file", "WSGATE_REDIS_PASSWORD_FILE", StringFlag::redis_password_file,
+     "file holding the Redis AUTH password (one trailing newline is stripped)"},
     {"--redis-prefix", "WSGATE_REDIS_PREFIX", StringFlag::redis_prefix,
      "prefix of every Redis key and channel, so deployments can share one Redis"},
     {"--presence-ttl-ms", "WSGATE_PRESENCE_TTL_MS", StringFlag::presence_ttl_ms,
      "ms after which a node that stopped refreshing (crashed) no longer counts in presence"},
+    {"--redis-timeout-ms", "WSGATE_REDIS_TIMEOUT_MS", StringFlag::redis_timeout_ms,
+     "a Redis link silent this long (PING unanswered) is dropped and reconnected; also bounds a connect"},
     {"--shm-name", "WSGATE_SHM_NAME", StringFlag::shm_name,
      "name of the shared-memory segment for --transport shm"},
     {"--trusted-proxies", "WSGATE_TRUSTED_PROXIES", StringFlag::trusted_proxies,
@@ -139,6 +180,11 @@ constexpr std::array<OtherFlag, 10> other_flags{{
 }};
 
 }  // namespace
+
+std::string ServerOptions::redis_address() const {
+  const std::string p = ":" + std::to_string(redis_port);
+  return redis_host.find(':') == std::string::npos ? redis_host + p : "[" + redis_host + "]" + p;
+}
 
 std::string ip_to_bytes(const std::string& ip) {
   in_addr v4;
@@ -186,11 +232,123 @@ std::string apply_buffer(ServerOptions& o, const BufferFlag& f, std::string_view
   return apply_number(o.buffers.*f.field, f.unit, value, source);
 }
 
-std::string apply_other(ServerOptions& o, const OtherFlag& f, std::string_view value,
-                        std::string_view source) {
+// What parse_options learns from several places before it can decide: the
+// Redis port (the address's own, else REDIS_PORT, else 6379) and the
+// password (from a flag, a file or a variable).
+struct Deferred {
+  bool address_has_port = false;
+  std::optional<uint16_t> env_port;          // REDIS_PORT
+  std::optional<std::string> password_flag;  // --redis-password
+  std::optional<std::string> password_env;   // REDIS_PASSWORD
+  std::optional<std::string> file_flag;      // --redis-password-file
+  std::optional<std::string> file_env;       // WSGATE_REDIS_PASSWORD_FILE
+};
+
+constexpr size_t max_password_file_bytes = 64 * 1024;
+
+std::string quoted(std::string_view v) { return "'" + std::string(v) + "'"; }
+
+// A DNS name or an IPv4 literal: letters, digits, '.', '-', '_'.
+bool is_host_name(std::string_view h) {
+  if (h.empty() || h.size() > 253) return false;
+  for (unsigned char c : h)
+    if (!(std::isalnum(c) || c == '.' || c == '-' || c == '_')) return false;
+  return true;
+}
+
+std::optional<uint16_t> parse_port(std::string_view v) {
+  auto p = parse_unsigned(v, 65535);
+  if (!p || *p == 0) return std::nullopt;
+  return uint16_t(*p);
+}
+
+// HOST, HOST:PORT, [IPV6] or [IPV6]:PORT.
+std::string parse_redis_address(ServerOptions& o, Deferred& d, std::string_view v, std::string_view source) {
+  const std::string bad = std::string(source) + ": expected HOST[:PORT] or [IPV6][:PORT], got " + quoted(v);
+  std::string_view host = v;
+  std::optional<std::string_view> port;
+  if (v.starts_with('[')) {
+    const size_t close = v.find(']');
+    if (close == std::string_view::npos) return bad + " (no closing ']')";
+    host = v.substr(1, close - 1);
+    std::string_view rest = v.substr(close + 1);
+    if (!rest.empty()) {
+      if (rest[0] != ':') return bad;
+      port = rest.substr(1);
+    }
+    in6_addr a6;
+    if (inet_pton(AF_INET6, std::string(host).c_str(), &a6) != 1) return bad + " (not an IPv6 address in brackets)";
+  } else {
+    const size_t colon = v.find(':');
+    if (colon != std::string_view::npos) {
+      if (v.find(':', colon + 1) != std::string_view::npos) return bad + " (write an IPv6 address in brackets: [::1]:6379)";
+      host = v.substr(0, colon);
+      port = v.substr(colon + 1);
+    }
+    if (!is_host_name(host)) return bad + " (not a host name)";
+  }
+  d.address_has_port = port.has_value();
+  if (port) {
+    auto p = parse_port(*port);
+    if (!p) return bad + " (the port must be 1..65535)";
+    o.redis_port = *p;
+  }
+  o.redis_host = host;
+  return {};
+}
+
+std::string read_password_file(const std::string& path, std::string_view source, std::string& out) {
+  std::FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return std::string(source) + ": cannot read " + quoted(path) + ": " + std::strerror(errno);
+  std::string text(max_password_file_bytes + 1, '\0');
+  const size_t n = std::fread(text.data(), 1, text.size(), f);
+  const bool failed = std::ferror(f);
+  std::fclose(f);
+  if (failed) return std::string(source) + ": cannot read " + quoted(path);
+  if (n > max_password_file_bytes) return std::string(source) + ": " + quoted(path) + " is larger than 64 KiB";
+  text.resize(n);
+  if (text.ends_with('\n')) text.pop_back();
+  if (text.ends_with('\r')) text.pop_back();
+  if (text.empty()) return std::string(source) + ": " + quoted(path) + " is empty";
+  if (text.find_first_of("\r\n") != std::string::npos)
+    return std::string(source) + ": " + quoted(path) + " holds more than one line";
+  out = std::move(text);
+  return {};
+}
+
+// A flag beats its variable; two ways of giving the password at the same
+// level are a mistake, not a choice to guess.
+std::string resolve_password(ServerOptions& o, const Deferred& d) {
+  if (d.password_flag && d.file_flag) return "give --redis-password or --redis-password-file, not both";
+  if (d.password_flag) {
+    o.redis_password = *d.password_flag;
+    if (!o.redis_password.empty())
+      o.warnings.push_back("--redis-password on the command line is visible to every local user (ps, "
+                           "/proc/PID/cmdline): use REDIS_PASSWORD or --redis-password-file");
+    return {};
+  }
+  if (d.file_flag) return read_password_file(*d.file_flag, "--redis-password-file", o.redis_password);
+  if (d.password_env && d.file_env) return "REDIS_PASSWORD and WSGATE_REDIS_PASSWORD_FILE are both set; set one";
+  if (d.password_env) {
+    o.redis_password = *d.password_env;
+    return {};
+  }
+  if (d.file_env) return read_password_file(*d.file_env, "WSGATE_REDIS_PASSWORD_FILE", o.redis_password);
+  return {};
+}
+
+std::string has_control_character(std::string_view v, std::string_view source, const char* what) {
+  for (unsigned char c : v)
+    if (c < 0x20 || c == 0x7F) return std::string(source) + ": " + what + " has a control character";
+  return {};
+}
+
+std::string apply_other(ServerOptions& o, Deferred& d, const OtherFlag& f, std::string_view value,
+                        std::string_view source, bool from_flag) {
   switch (f.which) {
     case StringFlag::host:
-      if (value.empty()) return std::string(source) + ": empty host";
+      if (!is_host_name(value) && ip_to_bytes(std::string(value)).empty())
+        return std::string(source) + ": expected an IP address or a host name, got " + quoted(value);
       o.host = value;
       return {};
     case StringFlag::port: {
@@ -208,12 +366,17 @@ std::string apply_other(ServerOptions& o, const OtherFlag& f, std::string_view v
       return {};
     case StringFlag::redis:
       if (value.empty()) return std::string(source) + ": empty Redis address";
-      o.redis = value;
-      return {};
+      return parse_redis_address(o, d, value, source);
     case StringFlag::redis_password:
-      o.redis_password = value;
+      if (std::string e = has_control_character(value, source, "the password"); !e.empty()) return e;
+      (from_flag ? d.password_flag : d.password_env) = std::string(value);
+      return {};
+    case StringFlag::redis_password_file:
+      if (value.empty()) return std::string(source) + ": empty file name";
+      (from_flag ? d.file_flag : d.file_env) = std::string(value);
       return {};
     case StringFlag::redis_prefix:
+      if (std::string e = has_control_character(value, source, "the prefix"); !e.empty()) return e;
       o.redis_prefix = value;
       return {};
     case StringFlag::presence_ttl_ms: {
@@ -221,6 +384,13 @@ std::string apply_other(ServerOptions& o, const OtherFlag& f, std::string_view v
       if (!v || *v < 100)
         return std::string(source) + ": expected a whole number of ms >= 100, got '" + std::string(value) + "'";
       o.presence_ttl_ms = uint32_t(*v);
+      return {};
+    }
+    case StringFlag::redis_timeout_ms: {
+      auto v = parse_unsigned(value, 3600000);
+      if (!v || *v < 100)
+        return std::string(source) + ": expected a whole number of ms, 100..3600000, got " + quoted(value);
+      o.redis_timeout_ms = uint32_t(*v);
       return {};
     }
     case StringFlag::trusted_proxies: {
@@ -281,6 +451,15 @@ std::string explain_inconsistent_limits(const Limits& l) {
   add(l.load_report_interval_ms == 0, "load-report-interval-ms must be > 0");
   add(l.max_tracked_origins == 0, "max-tracked-origins must be > 0");
   add(l.drain_max_closes_per_s == 0, "drain-max-closes-per-s must be > 0");
+  add(l.max_open_connections_per_ip == 0, "max-open-connections-per-ip must be > 0");
+  add(l.ipv6_prefix_bits < 1 || l.ipv6_prefix_bits > 128, "ipv6-prefix-bits must be 1..128");
+  add(l.node_send_queue_max_bytes < l.send_queue_max_bytes, "node-send-queue-max-bytes must be >= send-queue-max-bytes");
+  add(l.client_max_rate_refusals == 0, "client-max-rate-refusals must be > 0");
+  add(l.client_rate_refusal_window_ms == 0, "client-rate-refusal-window-ms must be > 0");
+  add(l.client_max_messages_per_s > 0 && l.client_burst_messages == 0,
+      "client-burst-messages must be > 0 when client-max-messages-per-s is set");
+  add(l.client_max_bytes_per_s > 0 && l.client_burst_bytes < l.max_message_bytes,
+      "client-burst-bytes must be >= max-message-bytes when client-max-bytes-per-s is set");
   add(l.max_pending_handshakes == 0, "max-pending-handshakes must be > 0");
   add(l.max_tracked_publishes == 0, "max-tracked-publishes must be > 0");
   const uint64_t need = uint64_t(l.max_message_bytes) + 64 + uint64_t(l.max_user_id_bytes) * json_escape_expansion;
@@ -347,12 +526,14 @@ std::string options_help() {
   row("--port PORT", other_flags[1].help, std::to_string(d.port), other_flags[1].env);
   row("--node-id ID", other_flags[2].help, "the host name", other_flags[2].env);
   row("--transport local|redis|shm", other_flags[3].help, d.transport, other_flags[3].env);
-  row("--redis HOST:PORT", other_flags[4].help, d.redis, other_flags[4].env);
+  row("--redis HOST:PORT", other_flags[4].help, d.redis_address(), other_flags[4].env);
   row("--redis-password SECRET", other_flags[5].help, "none", other_flags[5].env);
-  row("--redis-prefix PREFIX", other_flags[6].help, d.redis_prefix, other_flags[6].env);
-  row("--presence-ttl-ms N", other_flags[7].help, std::to_string(d.presence_ttl_ms) + " ms", other_flags[7].env);
-  row("--shm-name NAME", other_flags[8].help, d.shm_name, other_flags[8].env);
-  row("--trusted-proxies IP,...", other_flags[9].help, "none", other_flags[9].env);
+  row("--redis-password-file PATH", other_flags[6].help, "none", other_flags[6].env);
+  row("--redis-prefix PREFIX", other_flags[7].help, d.redis_prefix, other_flags[7].env);
+  row("--presence-ttl-ms N", other_flags[8].help, std::to_string(d.presence_ttl_ms) + " ms", other_flags[8].env);
+  row("--redis-timeout-ms N", other_flags[9].help, std::to_string(d.redis_timeout_ms) + " ms", other_flags[9].env);
+  row("--shm-name NAME", other_flags[10].help, d.shm_name, other_flags[10].env);
+  row("--trusted-proxies IP,...", other_flags[11].help, "none", other_flags[11].env);
   h += "\nLimits (each N is a whole number, in the unit the name ends with):\n";
   for (const LimitFlag& f : limit_flags) {
     row(std::string(f.flag) + " N", f.help, default_text(f) + " " + f.unit, f.env);
@@ -374,14 +555,18 @@ OptionsOutcome parse_options(int argc, const char* const* argv, const EnvLookup&
     return out;
   };
 
+  Deferred deferred;
   // Environment first, so flags parsed afterwards override it.
   for (const OtherFlag& f : other_flags) {
     if (const char* v = env(f.env)) {
-      if (std::string e = apply_other(o, f, v, f.env); !e.empty()) return fail(e);
+      if (std::string e = apply_other(o, deferred, f, v, f.env, false); !e.empty()) return fail(e);
     }
   }
   // Kubernetes manifests set the host and the port apart.
-  if (const char* v = env("REDIS_PORT")) o.redis = o.redis.substr(0, o.redis.rfind(':')) + ":" + v;
+  if (const char* v = env("REDIS_PORT")) {
+    deferred.env_port = parse_port(v);
+    if (!deferred.env_port) return fail("REDIS_PORT: expected a port number 1..65535, got " + quoted(v));
+  }
   for (const LimitFlag& f : limit_flags) {
     if (const char* v = env(f.env)) {
       if (std::string e = apply_limit(o, f, v, f.env); !e.empty()) return fail(e);
@@ -422,7 +607,7 @@ OptionsOutcome parse_options(int argc, const char* const* argv, const EnvLookup&
     }
     std::string e = limit    ? apply_limit(o, *limit, *value, name)
                     : buffer ? apply_buffer(o, *buffer, *value, name)
-                             : apply_other(o, *other, *value, name);
+                             : apply_other(o, deferred, *other, *value, name, true);
     if (!e.empty()) return fail(e);
   }
 
@@ -431,7 +616,8 @@ OptionsOutcome parse_options(int argc, const char* const* argv, const EnvLookup&
   if (std::string e = explain_inconsistent_buffers(o.buffers, o.limits, o.transport); !e.empty()) return fail(e);
   if (o.node_id.empty()) o.node_id = host_name();
   if (std::string e = check_node_id(o.node_id); !e.empty()) return fail(e);
-  if (o.redis.find(':') == std::string::npos) o.redis += ":6379";
+  if (!deferred.address_has_port) o.redis_port = deferred.env_port.value_or(ServerOptions{}.redis_port);
+  if (std::string e = resolve_password(o, deferred); !e.empty()) return fail(e);
   return out;
 }
 

@@ -18,10 +18,14 @@ struct ServerOptions {
   std::string node_id;   // empty until resolved: the host name by default
   std::string transport = "local";
   // --transport redis
-  std::string redis = "127.0.0.1:6379";  // HOST:PORT
+  std::string redis_host = "127.0.0.1";  // a name, an IPv4 or an IPv6 address (no brackets)
+  uint16_t redis_port = 6379;
   std::string redis_password;            // AUTH when not empty
   std::string redis_prefix = "wsgate:";  // of every key and channel
   uint32_t presence_ttl_ms = 15000;      // a crashed node's users vanish after this
+  // A Redis link that has not answered for this long is dead (PING, TCP
+  // keepalive, TCP_USER_TIMEOUT); also bounds a connect and its handshake.
+  uint32_t redis_timeout_ms = 3000;
   // --transport shm: the shared-memory segment the nodes on this host share
   std::string shm_name = "wsgate";
   // Reverse proxies (raw 4- or 16-byte addresses) whose X-Real-IP or
@@ -29,6 +33,11 @@ struct ServerOptions {
   std::vector<std::string> trusted_proxies;
   Limits limits;
   BufferLimits buffers;
+  // Start-up warnings for the log (e.g. a password visible in ps).
+  std::vector<std::string> warnings;
+
+  // "HOST:PORT", "[V6]:PORT" for an IPv6 address.
+  std::string redis_address() const;
 };
 
 // What parse_options decided: run with these options, print the help and

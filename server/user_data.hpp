@@ -25,6 +25,7 @@ enum class Op : uint8_t {
   redis_recv = 9,
   redis_send = 10,
   redis_close = 11,
+  redis_resolved = 12,  // read of the resolver's eventfd: lookups finished
 };
 
 constexpr uint32_t max_slot_index = (1u << 24) - 1;

@@ -87,9 +87,11 @@ void WsSession::on_msg(wslay_event_context_ptr, const wslay_event_on_msg_recv_ar
       s->close_received_ = true;
       break;
     case WSLAY_PING:
-      // wslay queued the pong; it must go out now, because wslay drops
-      // queued pongs once a close is queued, and RFC 6455 5.5.2 wants a pong
-      // for every ping received before the peer's close.
+      // wslay queued the pong (it cannot be told not to); it goes to the
+      // core now, because wslay drops queued pongs once a close is queued.
+      // The core keeps only the latest pong not yet on the wire (RFC 6455
+      // 5.5.3 lets a pong answer just the most recent ping), so a peer that
+      // pings without reading costs one pong, not one per ping.
       s->flush_control();
       break;
     default:  // pong: activity, noted in feed()

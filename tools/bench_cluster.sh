@@ -72,7 +72,10 @@ command -v redis-server >/dev/null || { echo "redis-server is required" >&2; exi
 
 WARMUP=2
 LOAD_TIMEOUT=$((DUR + 120))
-COMMON_FLAGS=(--host 127.0.0.1 --port 0 --max-connections-per-ip 1000000 --max-connections 200000)
+# The load generator drives few connections hard from one address: lift the
+# per-client and per-address limits it would otherwise hit by design.
+COMMON_FLAGS=(--host 127.0.0.1 --port 0 --max-connections-per-ip 1000000 --max-connections 200000
+  --max-open-connections-per-ip 200000 --client-max-messages-per-s 0 --client-max-bytes-per-s 0)
 
 NODE_PIDS=()
 NODE_ADDRS=()

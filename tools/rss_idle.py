@@ -179,7 +179,8 @@ def main():
 
     server = None
     if a.bin:
-        flags = ["--max-connections", str(a.connections + 1000), "--heartbeat-interval-ms", "600000",
+        flags = ["--max-connections", str(a.connections + 1000),
+                 "--max-open-connections-per-ip", str(a.connections + 1000), "--heartbeat-interval-ms", "600000",
                  "--idle-timeout-ms", "3600000", "--ip-window-ms", "600000"] + a.server_arg
         server = WsgateServer(*flags, binary=a.bin).start()
         host, port, pid = server.host, server.port, server.pid

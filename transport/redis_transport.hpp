@@ -22,6 +22,26 @@
 //     {"event":"online","user_id":U,"node_id":N,"connections":1}
 //     {"event":"offline","user_id":U,"node_id":N,"connections":0}
 //     {"event":"node_up","node_id":N}   (after (re)connecting: re-read its hash)
+//
+// Liveness: a link is `ready` only after Redis answered a PING on it (after
+// AUTH, if any). A ready link silent for timeout_ms / 3 is pinged; silent
+// for timeout_ms it is dead (a stalled Redis, a blackholed route: the
+// socket stays open, nothing arrives) and is closed, exactly as if the
+// connection had dropped: unconfirmed publishes are reported lost, the
+// transport reconnects and resubscribes. The driver adds TCP keepalive and
+// TCP_USER_TIMEOUT for what the kernel can see.
+//
+// Presence is the transport's to keep: it remembers every user's count and
+// rewrites the whole hash after each reconnect (the gateway does not).
+// Writes are coalesced per user and go out only while the command link has
+// room under max_output_bytes, so a burst of connects and disconnects
+// behind a slow Redis costs one pending entry per user, never an unbounded
+// queue.
+//
+// Errors Redis answers (a refused AUTH or SUBSCRIBE, an error reply to a
+// command) and dead links are counted and reported to the driver as one
+// line of text, at most once per cause per error_report_interval_ms (with
+// how many were not reported since), so a flood does not flood the log.
 #include <cstdint>
 #include <deque>
 #include <set>
@@ -46,7 +66,11 @@ struct RedisOptions {
   uint32_t presence_ttl_ms = 15000;  // a silent node's users vanish after this
   uint32_t reconnect_min_ms = 50;    // backoff doubles from here...
   uint32_t reconnect_max_ms = 2000;  // ...up to here
-  uint32_t connect_timeout_ms = 2000;
+  uint32_t connect_timeout_ms = 3000;  // TCP connect, by the driver
+  // A ready link that heard nothing from Redis this long is dead; the AUTH
+  // and PING handshake of a new connection is bounded by it too.
+  uint32_t timeout_ms = 3000;
+  uint32_t error_report_interval_ms = 60000;
   // The server sets the three buffers from BufferLimits (limits.hpp, one
   // flag each). Commands not yet written to the command link; past it
   // publish() answers backpressure.
@@ -74,7 +98,13 @@ class RedisIo {
   virtual void redis_want_write(RedisLink link) = 0;
   // Drop the connection (protocol error, timeout); answer on_disconnected.
   virtual void redis_close(RedisLink link) = 0;
+  // One line for the operator's log (already rate-limited per cause).
+  virtual void redis_report_error(std::string_view line) { (void)line; }
 };
+
+// Why something went wrong, for counting and for rate-limiting the log.
+enum class RedisErrorCause : uint8_t { auth, handshake, subscribe, command, link_timeout, protocol };
+constexpr size_t redis_error_causes = 6;
 
 struct RedisStats {
   uint64_t connects = 0;
@@ -85,7 +115,11 @@ struct RedisStats {
   uint64_t publish_lost = 0;       // accepted, then reported lost
   uint64_t messages_received = 0;
   uint64_t inbound_dropped = 0;    // over max_inbound_bytes (counted, never silent)
-  uint64_t errors = 0;             // error replies
+  uint64_t errors = 0;             // error replies, refused AUTH included
+  uint64_t link_timeouts = 0;      // links closed because Redis stopped answering
+  uint64_t auth_failures = 0;      // AUTH refused (a wrong password)
+  uint64_t presence_writes = 0;    // users written (HSET/HDEL), after coalescing
+  uint64_t errors_by_cause[redis_error_causes] = {};
 };
 
 class RedisTransport final : public Transport {
@@ -110,17 +144,22 @@ class RedisTransport final : public Transport {
   // Bytes to write on link, and how many were written.
   std::string_view output(RedisLink link) const;
   void consume_output(RedisLink link, size_t n);
-  // When poll() next has timed work (reconnect, presence refresh).
+  // When poll() next has timed work (reconnect, ping, link deadline,
+  // presence refresh, coalesced presence writes).
   uint64_t next_timer_ms() const;
+  // Users whose presence is not written to Redis yet (at most one entry
+  // each, whatever the number of changes).
+  size_t presence_unwritten() const { return unwritten_.size(); }
 
   const RedisOptions& options() const { return options_; }
   const RedisStats& stats() const { return stats_; }
   bool link_up(RedisLink link) const { return links_[size_t(link)].phase == Phase::ready; }
 
  private:
-  enum class Phase : uint8_t { down, connecting, authenticating, ready };
+  // handshake: connected, [AUTH and] PING sent, the PONG not in yet.
+  enum class Phase : uint8_t { down, connecting, handshake, ready };
   // What the reply to a command on the command link means to us.
-  enum class Expect : uint8_t { ignore, auth, publish, refresh };
+  enum class Expect : uint8_t { ignore, publish, refresh, ping };
   struct Pending {
     Expect what;
     uint64_t publish_number;
@@ -132,7 +171,11 @@ class RedisTransport final : public Transport {
     size_t out_head = 0;       // written bytes at the front of out
     uint64_t retry_at_ms = 0;  // when to connect again
     uint32_t backoff_ms = 0;
-    uint64_t connecting_since_ms = 0;
+    uint64_t connecting_since_ms = 0;  // or, in handshake, connected since
+    uint64_t last_heard_ms = 0;        // when Redis last sent bytes on it
+    bool ping_outstanding = false;
+    bool close_requested = false;      // redis_close asked; on_disconnected due
+    bool auth_answered = false;        // handshake: the AUTH reply is in
   };
   struct Inbound {
     std::string topic;  // without the prefix
@@ -147,7 +190,13 @@ class RedisTransport final : public Transport {
   void handle_reply(RedisLink l, void* reply, uint64_t now_ms);
   void handle_command_reply(void* reply, uint64_t now_ms);
   void handle_subscriber_reply(void* reply);
+  void handle_handshake_reply(RedisLink l, void* reply, uint64_t now_ms);
+  void check_liveness(RedisLink l, uint64_t now_ms);
   void fail_link(RedisLink l, uint64_t now_ms);
+  void report_error(RedisErrorCause cause, std::string text);
+  bool command_link_has_room() const;
+  void mark_unwritten(const std::string& user, bool in_redis);
+  void flush_presence();
   void lose_pending_publishes();
   void update_connected();
   void resync_presence();
@@ -178,6 +227,15 @@ class RedisTransport final : public Transport {
   std::deque<Inbound> inbound_;
   size_t inbound_bytes_ = 0;
   std::unordered_map<std::string, uint32_t, StringHash, std::equal_to<>> presence_;
+  // Users whose count changed since it was last written, each with whether
+  // Redis holds them as online (for the online/offline event).
+  std::unordered_map<std::string, bool, StringHash, std::equal_to<>> unwritten_;
+  struct ErrorReport {
+    uint64_t last_ms = 0;
+    uint64_t not_reported = 0;
+    bool ever = false;
+  };
+  ErrorReport error_reports_[redis_error_causes];
   uint64_t next_refresh_ms_ = 0;
   uint64_t connected_at_ms_ = 0;
   uint64_t publish_number_ = 0;       // accepted publishes so far

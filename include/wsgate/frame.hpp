@@ -5,6 +5,7 @@
 // event-loop thread.
 #include <cstddef>
 #include <cstdint>
+#include <algorithm>
 #include <cstring>
 #include <string_view>
 #include <utility>
@@ -74,19 +75,32 @@ class Frame {
   uint32_t size() const { return size_; }
   std::string_view view() const { return {reinterpret_cast<const char*>(data()), size_}; }
   uint32_t refs() const { return refs_; }
+  static constexpr size_t offsetof_bytes = 16;  // where the bytes start; checked in frame.cpp
   // The payload, after the header this frame was encoded with.
   std::string_view payload() const {
     FrameHeader h;
     decode_frame_header(data(), size_, h);
     return view().substr(h.header_bytes);
   }
+  // What this frame costs in memory: its one malloc chunk (the fields, the
+  // header slot and the bytes, rounded as glibc's allocator does). A 2-byte
+  // pong costs 32 bytes, not 2; queues are bounded by this, not by size().
+  size_t memory_bytes() const {
+    const size_t request = offsetof_bytes + offset_ + size_;
+    return std::max<size_t>(32, (request + 8 + 15) & ~size_t(15));
+  }
+
 
  private:
   friend class FrameRef;
   friend class FrameBuilder;
   // Room for the fields and `bytes` bytes, in one malloc.
   static Frame* allocate(size_t bytes);
+  friend class Outbox;
   uint32_t refs_ = 0;
+  // How many outboxes hold this frame: the node's queued memory counts a
+  // shared broadcast frame once, however many connections queue it.
+  mutable uint32_t queued_refs_ = 0;
   uint32_t size_ = 0;     // bytes from data()
   uint32_t offset_ = 0;   // where the header starts in bytes_
   uint8_t bytes_[1];  // really capacity_ bytes: allocated with the header

@@ -33,6 +33,7 @@
 #include "wsgate/metrics.hpp"
 #include "wsgate/outbox.hpp"
 #include "wsgate/string_hash.hpp"
+#include "wsgate/token_bucket.hpp"
 #include "wsgate/transport.hpp"
 
 namespace wsgate {
@@ -81,7 +82,9 @@ class Gateway : private TransportSink {
   // --- events -------------------------------------------------------------
 
   // An upgrade request arrived from ip (raw address bytes). Decides before
-  // the 101 whether the connection may be opened at all.
+  // the 101 whether the connection may be opened at all. The handle_open
+  // that follows an admitted request (with no other request in between)
+  // counts the connection against its IP's max_open_connections_per_ip.
   Admission handle_upgrade_request(std::string_view ip, uint64_t now_ms);
 
   // The upgrade completed. An empty user_id means the identity is missing:
@@ -115,6 +118,8 @@ class Gateway : private TransportSink {
 
   // Connections whose outbox gained bytes since the last call, each once.
   // Stale ids (closed since) are filtered out by the caller with is_open().
+  // If the node's queued memory passed node_send_queue_max_bytes, the
+  // largest queues are shed first (their closes come from take_closes).
   std::vector<ConnId> take_dirty();
   // Closes requested since the last call. After a close request the
   // connection gets no more data frames; its outbox still drains.
@@ -122,7 +127,8 @@ class Gateway : private TransportSink {
   Outbox& outbox(ConnId id);
   // Whole frames the driver must write for a connection outside the
   // protocol (wslay's pongs and close frame). They count towards
-  // send_queue_max_bytes like messages; once closing, only a close frame
+  // send_queue_max_bytes like messages; a pong replaces one still queued
+  // (only the latest ping is answered); once closing, only a close frame
   // is taken.
   void push_control(ConnId id, const uint8_t* bytes, size_t n);
   // The driver wrote n bytes of the outbox.
@@ -154,6 +160,10 @@ class Gateway : private TransportSink {
     return peer_loads_;
   }
   size_t tracked_origins() const { return origins_.size(); }
+  // Memory of every frame queued to this node's connections (a shared
+  // frame once); what node_send_queue_max_bytes bounds.
+  size_t queued_memory_bytes() const { return ledger_.bytes; }
+  const AdmissionControl& admission() const { return admission_; }
 
  private:
   struct Slot;
@@ -165,6 +175,13 @@ class Gateway : private TransportSink {
   // Queues f to a connection, or closes it as a slow consumer if that would
   // pass send_queue_max_bytes. counted: the type for messages_out_total.
   void enqueue(ConnId id, Slot& s, const FrameRef& f, const MessageType* counted);
+  void close_slow_consumer(ConnId id, Slot& s);
+  // Marks the connection dirty and notes whether the node passed its budget.
+  void note_queued(ConnId id, Slot& s);
+  void shed_largest_queues();
+  size_t queue_budget_refuse_bytes() const;
+  // The token buckets: false (and the message dropped) past them.
+  bool within_rate(ConnId id, Slot& s, size_t bytes, uint64_t now_ms);
   void send_error(ConnId id, std::string_view message);
   // Local delivery; return how many connections were given the frame.
   size_t route_to_user(std::string_view user_id, const FrameRef& f);
@@ -192,6 +209,7 @@ class Gateway : private TransportSink {
   Metrics metrics_;
   AdmissionControl admission_;
   std::unique_ptr<MessageParser> parser_;
+  QueueLedger ledger_;  // before slots_: their outboxes report to it until destroyed
   std::vector<Slot> slots_;
   std::vector<uint32_t> free_slots_;
   // user id -> the user's connections (an intrusive list through slots_)
@@ -231,6 +249,11 @@ class Gateway : private TransportSink {
   std::string envelope_scratch_;
   FrameRef ping_frame_;
   FrameRef pong_frame_;
+  std::string admitted_ip_;  // of the last admitted upgrade request
+  bool has_admitted_ip_ = false;
+  bool shed_pending_ = false;  // the budget was passed since the last take_dirty
+  std::string rate_error_messages_;
+  std::string rate_error_bytes_;
 };
 
 }  // namespace wsgate

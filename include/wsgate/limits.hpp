@@ -18,11 +18,35 @@ struct Limits {
   // so it should not be below max_connections (the simulator found 65536
   // refusing legitimate clients of a full node).
   uint32_t max_tracked_ips = 131072;
+  // Connections open at once from one client IP (an IPv6 client: from its
+  // prefix); the next upgrade gets 429. The rate above caps how fast an
+  // address connects, this how many it holds.
+  uint32_t max_open_connections_per_ip = 1000;
+  // IPv6 clients are keyed by this many leading bits of their address (a
+  // /64 is one subscriber's; every address in it counts as one client), so
+  // rotating addresses neither bypasses the per-IP limits nor fills the
+  // table of tracked IPs. 1..128. IPv4-mapped IPv6 counts as IPv4.
+  uint32_t ipv6_prefix_bits = 64;
   // Largest text message accepted (after reassembly); above it: close 1009.
   uint32_t max_message_bytes = 64 * 1024;
   // Bytes queued to one connection and not yet written to its socket.
   // Past it the connection is a slow consumer: close 1008, counted.
   uint32_t send_queue_max_bytes = 1024 * 1024;
+  // Memory of every frame queued on the node (a broadcast frame counted
+  // once, however many connections hold it). Above 3/4 of it upgrades get
+  // 503; above it the connections with the largest queues are closed (1008)
+  // until it is back under.
+  uint32_t node_send_queue_max_bytes = 1024u * 1024 * 1024;
+  // Per-connection token buckets on client messages (0 rate: unlimited).
+  // A message past either bucket is dropped and answered with an error; a
+  // connection refused client_max_rate_refusals times within
+  // client_rate_refusal_window_ms is closed (1008).
+  uint32_t client_max_messages_per_s = 100;
+  uint32_t client_burst_messages = 200;
+  uint32_t client_max_bytes_per_s = 1024 * 1024;
+  uint32_t client_burst_bytes = 2 * 1024 * 1024;
+  uint32_t client_max_rate_refusals = 10;
+  uint32_t client_rate_refusal_window_ms = 10000;
   // The server pings every interval; a connection that sent nothing for the
   // idle timeout is closed. Detection happens at the next heartbeat tick, so
   // a dead peer is closed between idle_timeout_ms and idle_timeout_ms +
@@ -78,6 +102,12 @@ constexpr bool limits_are_consistent(const Limits& l) {
          l.heartbeat_interval_ms > 0 && l.idle_timeout_ms >= l.heartbeat_interval_ms &&
          l.ip_window_ms > 0 && l.max_header_bytes >= 256 && l.max_tracked_ips > 0 &&
          l.load_report_interval_ms > 0 && l.max_tracked_origins > 0 && l.drain_max_closes_per_s > 0 &&
+         l.max_open_connections_per_ip > 0 && l.ipv6_prefix_bits >= 1 && l.ipv6_prefix_bits <= 128 &&
+         l.node_send_queue_max_bytes >= l.send_queue_max_bytes && l.client_max_rate_refusals > 0 &&
+         l.client_rate_refusal_window_ms > 0 &&
+         // a burst that cannot hold one message would refuse every message
+         (l.client_max_messages_per_s == 0 || l.client_burst_messages > 0) &&
+         (l.client_max_bytes_per_s == 0 || l.client_burst_bytes >= l.max_message_bytes) &&
          l.max_pending_handshakes > 0 &&
          l.max_tracked_publishes > 0 &&
          // one largest reply must fit in a queue, or nothing could be sent

@@ -15,6 +15,8 @@ enum class RejectReason : uint8_t {
   rate_limited,    // 429
   draining,        // 503 while the node drains
   not_found,       // 404 on plain HTTP
+  too_many_open_per_ip,  // 429: the address holds max_open_connections_per_ip
+  queue_budget,    // 503: the node's queued memory is near its budget
   count_
 };
 const char* reject_reason_name(RejectReason r);
@@ -43,6 +45,10 @@ struct Metrics {
   uint64_t transport_stale_dropped_total = 0; // duplicated or reordered, dropped
   uint64_t rebalance_closes_total = 0;        // asked to reconnect elsewhere (4002)
   uint64_t drain_closes_total = 0;
+  uint64_t rate_limited_messages_total = 0;   // client messages refused by the token buckets
+  uint64_t rate_limit_closes_total = 0;       // closed (1008) for exceeding them repeatedly
+  uint64_t queue_budget_closes_total = 0;     // closed (1008) to bring the node under its queue budget
+  uint64_t queued_memory_bytes = 0;           // gauge: memory of every queued frame on the node
 
   void reject(RejectReason r) { ++connections_rejected_total[size_t(r)]; }
   // Prometheus text exposition format 0.0.4.

@@ -44,8 +44,8 @@ class TransportSink {
   // valid during the call only.
   virtual void on_transport_message(std::string_view topic, std::string_view payload) = 0;
   // The backend was lost or is back. After `connected` every subscription
-  // is in force again (the transport resubscribes by itself); the node
-  // republishes its presence.
+  // is in force again and the presence set_presence() was given is stored
+  // again: the transport restores both by itself.
   virtual void on_transport_state(TransportState state) = 0;
   // Publishes the transport accepted but now knows did not reach everyone
   // (the backend connection dropped before confirming them, or Redis

@@ -227,17 +227,22 @@ def test_2_pong_with_payload_then_ping(ws):
     assert f.opcode == OP_PONG and f.payload == b"p2", f
 
 
-def test_2_ten_pings_ten_pongs(ws):
-    """RFC 6455 5.5.2: each Ping is answered (Autobahn 2.10: in order)."""
+def test_2_ten_pings_answered_in_order_latest_last(ws):
+    """RFC 6455 5.5.2/5.5.3: pings are answered in order, and of pings that
+    arrive before their pongs could be sent only the latest needs one: ten
+    pings in one write get pongs in order, the last carrying the tenth's
+    payload (the server answers only the latest unanswered ping, so a ping
+    flood costs one pong; Autobahn 2.10 asks for all ten, non-strictly)."""
     ws.sendall(b"".join(encode_frame(OP_PING, b"ping-%d" % i) for i in range(10)))
     got = []
-    while len(got) < 10:
+    while not got or got[-1] != b"ping-9":
         f = ws.recv_frame(T)
         if f.opcode == OP_PONG:
             got.append(f.payload)
         else:
             assert f.opcode == OP_PING, f
-    assert got == [b"ping-%d" % i for i in range(10)]
+    order = [int(p.split(b"-")[1]) for p in got]
+    assert order == sorted(set(order)), got
 
 
 def test_2_fragmented_ping_closes_1002(ws):
@@ -715,9 +720,10 @@ def test_9_fragmented_exactly_max_accepted(ws):
 
 
 def test_9_many_messages_in_a_row(ws):
-    """RFC 6455 5.2: 500 messages back to back are all answered, in order."""
-    ws.sendall(b"".join(encode_frame(OP_TEXT, self_message(ws.user, str(i))) for i in range(500)))
-    for i in range(500):
+    """RFC 6455 5.2: 200 messages back to back (the default burst of
+    --client-burst-messages) are all answered, in order."""
+    ws.sendall(b"".join(encode_frame(OP_TEXT, self_message(ws.user, str(i))) for i in range(200)))
+    for i in range(200):
         assert expect_json(ws)["content"] == i
 
 

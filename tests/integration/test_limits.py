@@ -262,7 +262,8 @@ def test_slow_consumer_closed_and_memory_bounded(start_server):
     the flooder is unaffected."""
     queue = 256 * 1024
     s = start_server("--send-queue-max-bytes", str(queue), "--max-message-bytes", "8192",
-                     "--max-user-id-bytes", "64", "--max-connections-per-ip", "1000")
+                     "--max-user-id-bytes", "64", "--max-connections-per-ip", "1000",
+                     "--client-max-messages-per-s", "0", "--client-max-bytes-per-s", "0")
     victim = rawws.connect(s, "victim", rcvbuf=4096)
     rss0 = s.rss_bytes()
     payload = json.dumps({"type": "send_message", "target_user": "victim", "content": "y" * 8000})
@@ -328,7 +329,8 @@ def test_slow_consumer_close_with_send_in_flight_repeatedly(start_server):
     flight (io_uring send of queued frames): repeated many times, with
     several victims at once, the node must survive every one and count each."""
     s = start_server("--send-queue-max-bytes", str(64 * 1024), "--max-message-bytes", "8192",
-                     "--max-user-id-bytes", "64", "--max-connections-per-ip", "100000")
+                     "--max-user-id-bytes", "64", "--max-connections-per-ip", "100000",
+                     "--client-max-messages-per-s", "0", "--client-max-bytes-per-s", "0")
 
     async def go():
         async with connect(s, "flooder") as fl:
@@ -363,7 +365,8 @@ def test_slow_consumer_does_not_affect_other_receivers(start_server):
     """A slow consumer is closed; a fast receiver of the same flood gets every
     message."""
     s = start_server("--send-queue-max-bytes", str(128 * 1024), "--max-message-bytes", "8192",
-                     "--max-user-id-bytes", "64", "--max-connections-per-ip", "1000")
+                     "--max-user-id-bytes", "64", "--max-connections-per-ip", "1000",
+                     "--client-max-messages-per-s", "0", "--client-max-bytes-per-s", "0")
     victim = rawws.connect(s, "slow", rcvbuf=4096)
     n = 0
 

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <string>
+#include <vector>
 
 #include "redis_transport.hpp"
 
@@ -48,6 +50,9 @@ class PollRedisIo final : public RedisIo {
   }
   void redis_want_write(RedisLink) override {}
   void redis_close(RedisLink l) override { fail(l); }
+  void redis_report_error(std::string_view line) override { errors.emplace_back(line); }
+
+  std::vector<std::string> errors;  // what the server would log
 
   // One round: poll both sockets for up to timeout_ms, move bytes, then let
   // the transport do its timed work and deliver.

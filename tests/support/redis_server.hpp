@@ -92,12 +92,21 @@ class RedisServer {
 
   // SIGKILL: a crash, not a shutdown; connections drop at once.
   void kill() { signal_and_wait(SIGKILL); }
+  // SIGSTOP / SIGCONT: a stalled Redis (a frozen VM). The kernel keeps its
+  // sockets open and even accepts new connections; nothing is answered.
+  void freeze() {
+    if (pid_ > 0) ::kill(pid_, SIGSTOP);
+  }
+  void thaw() {
+    if (pid_ > 0) ::kill(pid_, SIGCONT);
+  }
   void stop() { signal_and_wait(SIGTERM); }
 
  private:
   void signal_and_wait(int sig) {
     if (pid_ <= 0) return;
     ::kill(pid_, sig);
+    ::kill(pid_, SIGCONT);  // a frozen one must run to die of SIGTERM
     int status = 0;
     ::waitpid(pid_, &status, 0);
     pid_ = -1;

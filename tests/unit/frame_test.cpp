@@ -129,5 +129,60 @@ TEST(Outbox, GatherIsBoundedByTheRangesGiven) {
   EXPECT_EQ(f->refs(), 1u);
 }
 
+// Issue 7: queues are measured in memory. A 2-byte frame is a 32-byte
+// allocation and a vector slot; counting its 2 wire bytes let a flood of
+// tiny frames grow memory 20x past the limit.
+TEST(Outbox, ChargesFramesTheirMemoryNotTheirWireBytes) {
+  Outbox o;
+  FrameRef pong = FrameRef::encode(Opcode::pong, "");
+  ASSERT_EQ(pong->size(), 2u);
+  EXPECT_GE(Outbox::charge_of(pong), 32u + 2 * sizeof(FrameRef));
+  for (int i = 0; i < 10; ++i) o.push(FrameRef::copy_of(pong->data(), pong->size()));
+  EXPECT_EQ(o.queued_bytes(), 20u);
+  EXPECT_EQ(o.memory_bytes(), 10 * Outbox::charge_of(pong));
+  o.consume(3);  // one whole frame and a byte of the next: that one still counts
+  EXPECT_EQ(o.memory_bytes(), 9 * Outbox::charge_of(pong));
+  o.clear();
+  EXPECT_EQ(o.memory_bytes(), 0u);
+}
+
+// The node ledger counts a frame shared by many outboxes once, plus one slot
+// per outbox; each outbox is charged the frame in full.
+TEST(Outbox, LedgerCountsASharedFrameOnce) {
+  QueueLedger ledger;
+  std::vector<Outbox> boxes(100);
+  for (Outbox& b : boxes) b.set_ledger(&ledger);
+  FrameRef f = FrameRef::encode(Opcode::text, std::string(10000, 'x'));
+  for (Outbox& b : boxes) b.push(f);
+  EXPECT_EQ(ledger.bytes, f->memory_bytes() + 100 * Outbox::slot_bytes);
+  EXPECT_EQ(boxes[0].memory_bytes(), Outbox::charge_of(f));
+  for (size_t i = 0; i < 99; ++i) boxes[i].consume(boxes[i].queued_bytes());
+  EXPECT_EQ(ledger.bytes, f->memory_bytes() + Outbox::slot_bytes);
+  boxes[99].drop_unsent();
+  EXPECT_EQ(ledger.bytes, 0u);
+}
+
+TEST(Outbox, PongIsReplacedUntilGatheredAndDroppedPongIsForgotten) {
+  Outbox o;
+  o.push(FrameRef::encode(Opcode::text, "a"));
+  o.push_pong(FrameRef::encode(Opcode::pong, "1"));
+  o.push(FrameRef::encode(Opcode::text, "b"));
+  o.push_pong(FrameRef::encode(Opcode::pong, "22"));  // replaces "1" in place
+  EXPECT_EQ(o.frame_count(), 3u);
+  EXPECT_EQ(o.queued_bytes(), 3u + 4u + 3u);
+  ByteRange r[8];
+  ASSERT_EQ(o.gather(r), 3u);
+  EXPECT_EQ(std::string_view(reinterpret_cast<const char*>(r[1].data), r[1].size), std::string_view("\x8a\x02" "22", 4));
+  o.push_pong(FrameRef::encode(Opcode::pong, "3"));  // "22" is in flight: a new one
+  EXPECT_EQ(o.frame_count(), 4u);
+  o.consume(o.queued_bytes() - 3);  // the socket took all but the new pong
+  o.push_pong(FrameRef::encode(Opcode::pong, "4"));  // not gathered yet: replaced
+  EXPECT_EQ(o.frame_count(), 1u);
+  EXPECT_EQ(o.drop_unsent(), 3u);
+  EXPECT_TRUE(o.empty());
+  o.push_pong(FrameRef::encode(Opcode::pong, "5"));
+  EXPECT_EQ(o.frame_count(), 1u);
+}
+
 }  // namespace
 }  // namespace wsgate

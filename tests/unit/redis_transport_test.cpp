@@ -5,6 +5,8 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdio>
+#include <cstdlib>
 #include <functional>
 #include <map>
 #include <memory>
@@ -29,7 +31,8 @@ struct Recorder final : TransportSink {
 };
 
 struct RedisNode {
-  RedisNode(uint16_t port, std::string id, std::string password = {}, uint32_t ttl_ms = 15000) {
+  RedisNode(uint16_t port, std::string id, std::string password = {}, uint32_t ttl_ms = 15000,
+            const std::function<void(RedisOptions&)>& adjust = {}) {
     RedisOptions o;
     o.port = port;
     o.node_id = std::move(id);
@@ -37,6 +40,7 @@ struct RedisNode {
     o.prefix = "t:";
     o.presence_ttl_ms = ttl_ms;
     o.reconnect_max_ms = 200;
+    if (adjust) adjust(o);
     transport = std::make_unique<RedisTransport>(o, io);
     io.attach(transport.get());
     transport->set_sink(&sink);
@@ -74,6 +78,32 @@ std::map<std::string, std::string> hgetall(uint16_t port, const std::string& key
   pclose(f);
   for (size_t i = 0; i + 1 < items.size(); i += 2) out[items[i]] = items[i + 1];
   return out;
+}
+
+// One line of INFO commandstats: how many times Redis ran `command`.
+uint64_t command_calls(uint16_t port, const std::string& command) {
+  const std::string cmd = "redis-cli -p " + std::to_string(port) + " INFO commandstats 2>/dev/null";
+  FILE* f = popen(cmd.c_str(), "r");
+  if (!f) return 0;
+  char line[512];
+  uint64_t calls = 0;
+  const std::string want = "cmdstat_" + command + ":calls=";
+  while (fgets(line, sizeof line, f)) {
+    std::string l(line);
+    if (l.starts_with(want)) calls = std::stoull(l.substr(want.size()));
+  }
+  pclose(f);
+  return calls;
+}
+
+bool redis_cli(uint16_t port, const std::string& args) {
+  return std::system(("redis-cli -p " + std::to_string(port) + " " + args + " >/dev/null 2>&1").c_str()) == 0;
+}
+
+bool any_line_has(const std::vector<std::string>& lines, std::string_view text) {
+  for (const std::string& l : lines)
+    if (l.find(text) != std::string::npos) return true;
+  return false;
 }
 
 TEST(RedisTransport, DeliversBetweenNodesInOrder) {
@@ -194,6 +224,131 @@ TEST(RedisTransport, AuthenticatesWithAPassword) {
   ASSERT_TRUE(pump_until({&good, &bad}, [&] { return good.transport->state() == TransportState::connected; }));
   pump_until({&good, &bad}, [] { return false; }, 300);
   EXPECT_EQ(bad.transport->state(), TransportState::disconnected);
+}
+
+// A stalled Redis (SIGSTOP: its sockets stay open, the kernel even accepts
+// new connections, nothing is answered) is noticed within the timeout on
+// both links; what was in flight is reported lost; after it wakes up the
+// transport reconnects and resubscribes by itself.
+TEST(RedisTransport, FrozenRedisIsDetectedWithinTheTimeout) {
+  constexpr uint32_t timeout_ms = 600;
+  RedisServer redis;
+  RedisNode a(redis.port(), "A", "", 15000, [](RedisOptions& o) { o.timeout_ms = o.connect_timeout_ms = timeout_ms; });
+  a.transport->subscribe("t");
+  ASSERT_TRUE(pump_until({&a}, [&] { return a.transport->state() == TransportState::connected; }));
+
+  redis.freeze();
+  const uint64_t frozen_at = monotonic_ms();
+  for (int i = 0; i < 3; ++i) ASSERT_EQ(a.transport->publish("t", "into the void"), PublishStatus::accepted);
+  // Silence for timeout_ms from the last reply: a bound of 3x leaves room
+  // for a loaded machine without waiting forever.
+  ASSERT_TRUE(pump_until({&a}, [&] {
+    return !a.transport->link_up(RedisLink::command) && !a.transport->link_up(RedisLink::subscriber);
+  }, 3 * timeout_ms + 1000));
+  const uint64_t detected_ms = monotonic_ms() - frozen_at;
+  RecordProperty("frozen_redis_detected_ms", std::to_string(detected_ms));
+  std::printf("frozen Redis detected on both links after %llu ms (timeout %u ms)\n",
+              static_cast<unsigned long long>(detected_ms), timeout_ms);
+  EXPECT_EQ(a.transport->state(), TransportState::disconnected);
+  EXPECT_EQ(a.sink.lost, (std::vector<uint64_t>{1, 2, 3}));
+  EXPECT_EQ(a.transport->stats().link_timeouts, 2u);
+  EXPECT_TRUE(any_line_has(a.io.errors, "nothing heard")) << (a.io.errors.empty() ? "" : a.io.errors[0]);
+  EXPECT_EQ(a.transport->publish("t", "while frozen"), PublishStatus::unavailable);
+  ASSERT_FALSE(a.sink.states.empty());
+  EXPECT_EQ(a.sink.states.back(), TransportState::disconnected);
+
+  redis.thaw();
+  ASSERT_TRUE(pump_until({&a}, [&] { return a.transport->state() == TransportState::connected; }));
+  a.sink.messages.clear();
+  ASSERT_EQ(a.transport->publish("t", "after"), PublishStatus::accepted);
+  ASSERT_TRUE(pump_until({&a}, [&] { return !a.sink.messages.empty(); }));
+  EXPECT_EQ(a.sink.messages.back().second, "after");
+}
+
+// An idle link is pinged, not dropped: silence with nothing owed is normal.
+TEST(RedisTransport, IdleHealthyLinksStayUp) {
+  constexpr uint32_t timeout_ms = 300;
+  RedisServer redis;
+  RedisNode a(redis.port(), "A", "", 15000, [](RedisOptions& o) { o.timeout_ms = timeout_ms; });
+  a.transport->subscribe("t");
+  ASSERT_TRUE(pump_until({&a}, [&] { return a.transport->state() == TransportState::connected; }));
+  pump_until({&a}, [] { return false; }, 5 * timeout_ms);
+  EXPECT_EQ(a.transport->stats().link_timeouts, 0u);
+  EXPECT_EQ(a.transport->stats().disconnects, 0u);
+  EXPECT_GE(command_calls(redis.port(), "ping"), 4u) << "both links pinged while idle";
+}
+
+// A wrong password is logged (once, however often the transport retries),
+// and counted on every attempt.
+TEST(RedisTransport, WrongPasswordIsReportedOncePerCause) {
+  RedisServer redis("s3cret");
+  RedisNode bad(redis.port(), "B", "wrong");
+  pump_until({&bad}, [&] { return bad.transport->stats().auth_failures >= 6; });
+  EXPECT_GE(bad.transport->stats().auth_failures, 6u);
+  EXPECT_EQ(bad.transport->state(), TransportState::disconnected);
+  ASSERT_EQ(bad.io.errors.size(), 1u);
+  EXPECT_NE(bad.io.errors[0].find("refused the password"), std::string::npos) << bad.io.errors[0];
+  EXPECT_NE(bad.io.errors[0].find("WRONGPASS"), std::string::npos) << bad.io.errors[0];
+}
+
+// SUBSCRIBE refused by an ACL: reported, and the node does not claim to be
+// connected (it would not hear its topics).
+TEST(RedisTransport, RefusedSubscribeIsReported) {
+  RedisServer redis;
+  ASSERT_TRUE(redis_cli(redis.port(), "ACL SETUSER default resetchannels '&t:allowed*'"));
+  RedisNode a(redis.port(), "A");
+  a.transport->subscribe("forbidden");
+  pump_until({&a}, [&] { return !a.io.errors.empty(); });
+  ASSERT_FALSE(a.io.errors.empty());
+  EXPECT_NE(a.io.errors[0].find("SUBSCRIBE"), std::string::npos) << a.io.errors[0];
+  EXPECT_NE(a.io.errors[0].find("NOPERM"), std::string::npos) << a.io.errors[0];
+  EXPECT_EQ(a.transport->state(), TransportState::disconnected);
+  EXPECT_EQ(a.transport->stats().errors_by_cause[size_t(RedisErrorCause::subscribe)], 1u);
+}
+
+// Presence writes respect max_output_bytes: with the link not draining,
+// changes wait as one entry per user (however many changes), and what is
+// queued stays near the limit. Once it drains, Redis holds the final state.
+TEST(RedisTransport, PresenceWritesAreBoundedAndCoalesced) {
+  RedisServer redis;
+  constexpr uint32_t limit = 4096;
+  RedisNode a(redis.port(), "A", "", 15000, [](RedisOptions& o) { o.max_output_bytes = limit; });
+  ASSERT_TRUE(pump_until({&a}, [&] { return a.transport->state() == TransportState::connected; }));
+  const uint64_t hset_before = command_calls(redis.port(), "hset");
+  constexpr int users = 5000;
+  // The loop does not run meanwhile: nothing is written out.
+  for (int round = 0; round < 10; ++round)
+    for (int u = 0; u < users; ++u) a.transport->set_presence("user-" + std::to_string(u), 1 + uint32_t(round % 2));
+  for (int u = 0; u < users; u += 2) a.transport->set_presence("user-" + std::to_string(u), 0);
+  // One batch may overshoot the limit (256 users, a few KiB), never more.
+  EXPECT_LE(a.transport->output(RedisLink::command).size(), limit + 16 * 1024);
+  EXPECT_LE(a.transport->presence_unwritten(), size_t(users));
+  EXPECT_GT(a.transport->presence_unwritten(), 0u);
+  ASSERT_TRUE(pump_until({&a}, [&] {
+    return a.transport->presence_unwritten() == 0 && a.transport->output(RedisLink::command).empty();
+  }));
+  ASSERT_TRUE(pump_until({&a}, [&] { return hgetall(redis.port(), "t:node:A:users").size() == users / 2; }));
+  const auto h = hgetall(redis.port(), "t:node:A:users");
+  EXPECT_EQ(h.at("user-1"), "2");
+  EXPECT_EQ(h.count("user-0"), 0u);
+  // 55,000 changes became a few batched writes, not one command each.
+  EXPECT_LT(command_calls(redis.port(), "hset") - hset_before, 100u);
+}
+
+// After a reconnect the hash is written once: one batched HSET per 256
+// users, not one command per user (nor twice).
+TEST(RedisTransport, ReconnectRewritesPresenceOnce) {
+  RedisServer redis;
+  RedisNode a(redis.port(), "A");
+  for (int u = 0; u < 100; ++u) a.transport->set_presence("user-" + std::to_string(u), 1);
+  ASSERT_TRUE(pump_until({&a}, [&] { return hgetall(redis.port(), "t:node:A:users").size() == 100; }));
+  redis.kill();
+  ASSERT_TRUE(pump_until({&a}, [&] { return a.transport->state() == TransportState::disconnected; }));
+  redis.start();  // a fresh Redis: empty, its counters at zero
+  ASSERT_TRUE(pump_until({&a}, [&] { return a.transport->state() == TransportState::connected; }));
+  ASSERT_TRUE(pump_until({&a}, [&] { return hgetall(redis.port(), "t:node:A:users").size() == 100; }));
+  pump_until({&a}, [] { return false; }, 200);
+  EXPECT_EQ(command_calls(redis.port(), "hset"), 1u);
 }
 
 }  // namespace

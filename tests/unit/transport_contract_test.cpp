@@ -259,8 +259,8 @@ struct HarnessParam {
   std::function<std::unique_ptr<TransportHarness>()> make;
 };
 
-// What a node's owner (the gateway) sees, and what it does on reconnect:
-// republish its presence, as the TransportSink contract asks.
+// What a node's owner (the gateway) sees. It does nothing on reconnect:
+// restoring presence and subscriptions is the transport's job.
 class Recorder final : public TransportSink {
  public:
   explicit Recorder(Transport& transport) : transport_(transport) { transport_.set_sink(this); }
@@ -268,19 +268,8 @@ class Recorder final : public TransportSink {
   void on_transport_message(std::string_view topic, std::string_view payload) override {
     messages.emplace_back(std::string(topic), std::string(payload));
   }
-  void on_transport_state(TransportState state) override {
-    states.push_back(state);
-    if (state != TransportState::connected) return;
-    for (const auto& [user, connections] : presence_) transport_.set_presence(user, connections);
-  }
-  void set_presence(const std::string& user, uint32_t connections) {
-    if (connections == 0) {
-      presence_.erase(user);
-    } else {
-      presence_[user] = connections;
-    }
-    transport_.set_presence(user, connections);
-  }
+  void on_transport_state(TransportState state) override { states.push_back(state); }
+  void set_presence(const std::string& user, uint32_t connections) { transport_.set_presence(user, connections); }
   std::vector<std::string> payloads_on(std::string_view topic) const {
     std::vector<std::string> out;
     for (const auto& [t, p] : messages)
@@ -293,7 +282,6 @@ class Recorder final : public TransportSink {
 
  private:
   Transport& transport_;
-  std::map<std::string, uint32_t> presence_;
 };
 
 struct Node {
@@ -599,8 +587,7 @@ TEST_P(TransportContract, PresenceOfANodeThatStopsRefreshingExpires) {
   EXPECT_TRUE(harness_->presence_of(*b.transport, "carol").empty()) << "a dead node's users linger";
   EXPECT_EQ(harness_->presence_of(*b.transport, "dave"), (Presence{{"b", 1}}));
 
-  // a comes back: its presence is refreshed (by the transport, or by the
-  // owner republishing when told connected).
+  // a comes back: the transport writes its presence again by itself.
   ASSERT_TRUE(pump_until([&] { return !harness_->presence_of(*b.transport, "carol").empty(); }));
   EXPECT_EQ(harness_->presence_of(*b.transport, "carol"), (Presence{{"a", 1}}));
 }

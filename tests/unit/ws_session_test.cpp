@@ -64,6 +64,44 @@ TEST(WsSession, PingIsAnsweredWithPongCarryingItsPayload) {
   EXPECT_EQ(frames[0].payload, "abc");
 }
 
+// Issue 7: a client that pings and never reads used to cost one heap
+// frame per ping (23 MiB for 2M pings under a 1 MiB limit counted in wire
+// bytes). Only the latest ping is answered now (RFC 6455 5.5.3).
+TEST(WsSession, PingFloodWithoutReadingQueuesOnePong) {
+  Harness h;
+  std::string burst;
+  for (int i = 0; i < 1000; ++i) burst += client_frame(0x9, "p" + std::to_string(i));
+  const size_t pings = 200'000;
+  for (size_t i = 0; i < pings / 1000; ++i) h.feed(burst);
+  const Outbox& out = h.gw.outbox(h.id);
+  EXPECT_EQ(out.frame_count(), 1u);
+  EXPECT_LE(out.memory_bytes(), 256u);  // one small frame and its slot
+  EXPECT_EQ(h.gw.queued_memory_bytes(), out.memory_bytes());
+  EXPECT_TRUE(h.gw.take_closes().empty());  // not a slow consumer either
+  auto frames = drain(h.gw, h.id);
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].opcode, 0xA);
+  EXPECT_EQ(frames[0].payload, "p999");  // the latest ping's payload
+  EXPECT_EQ(h.gw.queued_memory_bytes(), 0u);
+}
+
+// A pong the socket already took (gathered for a send) is not replaced: a
+// new ping gets a pong of its own behind it, and the bytes stay framed.
+TEST(WsSession, PongInFlightIsNotReplaced) {
+  Harness h;
+  h.feed(client_frame(0x9, "first"));
+  ByteRange r[4];
+  ASSERT_EQ(h.gw.outbox(h.id).gather(r), 1u);  // the socket is reading it
+  EXPECT_EQ(std::string_view(reinterpret_cast<const char*>(r[0].data), r[0].size), "\x8a\x05" "first");
+  h.feed(client_frame(0x9, "second"));
+  h.feed(client_frame(0x9, "third"));
+  EXPECT_EQ(h.gw.outbox(h.id).frame_count(), 2u);
+  h.gw.handle_sent(h.id, r[0].size);
+  auto frames = drain(h.gw, h.id);
+  ASSERT_EQ(frames.size(), 1u);
+  EXPECT_EQ(frames[0].payload, "third");
+}
+
 TEST(WsSession, PeerCloseIsEchoedWithItsCode) {  // RFC 6455 5.5.1
   Harness h;
   h.feed(client_frame(0x8, close_payload(3000, "bye")));
