@@ -34,6 +34,45 @@ size_t encode_frame_header(uint8_t* out, Opcode op, size_t payload_bytes) {
   return 10;
 }
 
+size_t encode_masked_frame_header(uint8_t* out, Opcode op, size_t payload_bytes, const uint8_t (&mask_key)[4],
+                                  bool fin) {
+  size_t n = encode_frame_header(out, op, payload_bytes);
+  if (!fin) out[0] &= 0x7F;
+  out[1] |= 0x80;
+  std::memcpy(out + n, mask_key, 4);
+  return n + 4;
+}
+
+void apply_frame_mask(uint8_t* data, size_t n, const uint8_t (&mask_key)[4], uint64_t offset) {
+  for (size_t i = 0; i < n; ++i) data[i] ^= mask_key[(offset + i) & 3];
+}
+
+FrameHeaderStatus decode_frame_header(const uint8_t* data, size_t n, FrameHeader& h) {
+  if (n < 2) return FrameHeaderStatus::need_more;
+  h.fin = data[0] & 0x80;
+  h.rsv = (data[0] >> 4) & 0x07;
+  h.opcode = data[0] & 0x0F;
+  h.masked = data[1] & 0x80;
+  h.len7 = data[1] & 0x7F;
+  const size_t ext = h.len7 == 126 ? 2 : h.len7 == 127 ? 8 : 0;
+  h.header_bytes = uint8_t(2 + ext + (h.masked ? 4 : 0));
+  h.length_known = false;
+  if (n < 2 + ext) return FrameHeaderStatus::need_more;
+  uint64_t len = h.len7;
+  if (ext > 0) {
+    len = 0;
+    for (size_t i = 0; i < ext; ++i) len = (len << 8) | data[2 + i];
+    // RFC 6455 5.2: the minimal number of bytes, and the top bit clear.
+    if (ext == 2 && len < 126) return FrameHeaderStatus::invalid;
+    if (ext == 8 && (len >> 63 || len <= 0xFFFF)) return FrameHeaderStatus::invalid;
+  }
+  h.payload_bytes = len;
+  h.length_known = true;
+  if (n < h.header_bytes) return FrameHeaderStatus::need_more;
+  if (h.masked) std::memcpy(h.mask_key, data + 2 + ext, 4);
+  return FrameHeaderStatus::complete;
+}
+
 void FrameRef::release() {
   if (f_ && --f_->refs_ == 0) {
     f_->~Frame();

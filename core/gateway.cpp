@@ -770,16 +770,10 @@ void Gateway::push_control(ConnId id, const uint8_t* bytes, size_t n) {
   Slot* s = slot(id);
   if (!s) return;
   while (n >= 2) {
-    // Server frames are unmasked: the header length follows from byte 1.
-    const uint8_t len7 = bytes[1] & 0x7F;
-    const size_t header = len7 < 126 ? 2 : len7 == 126 ? 4 : 10;
-    size_t payload = len7;
-    if (len7 >= 126) {
-      payload = 0;
-      for (size_t i = 2; i < header && i < n; ++i) payload = (payload << 8) | bytes[i];
-    }
-    const size_t frame = std::min(n, header + payload);
-    const uint8_t opcode = bytes[0] & 0x0F;
+    FrameHeader h;
+    if (decode_frame_header(bytes, n, h) != FrameHeaderStatus::complete) return;  // wslay writes whole frames
+    const size_t frame = size_t(std::min<uint64_t>(n, h.header_bytes + h.payload_bytes));
+    const uint8_t opcode = h.opcode;
     const bool is_close = opcode == uint8_t(Opcode::close);
     if (is_close || s->state == Slot::State::open) {
       FrameRef f = FrameRef::copy_of(bytes, frame);

@@ -9,6 +9,7 @@
 #include <cstring>
 
 #include "clock.hpp"
+#include "driver_contract.hpp"
 #include "log.hpp"
 #include "user_data.hpp"
 
@@ -264,18 +265,10 @@ void EventLoop::submit_send(Socket& s, uint32_t index) {
     iov[count++] = {h.response.data() + h.response_sent, h.response.size() - h.response_sent};
     http_part = uint32_t(h.response.size() - h.response_sent);
   }
-  if (s.ws && gateway_.is_open(s.conn)) {
-    Outbox& out = gateway_.outbox(s.conn);
-    size_t budget = s.ws->writable_bytes(out.queued_bytes());
-    if (budget > 0 && count < max_iov) {
-      ByteRange ranges[max_iov];
-      const size_t n = out.gather(std::span<ByteRange>(ranges, max_iov - count));
-      for (size_t i = 0; i < n && budget > 0; ++i) {
-        const size_t len = std::min(ranges[i].size, budget);
-        iov[count++] = {const_cast<uint8_t*>(ranges[i].data), len};
-        budget -= len;
-      }
-    }
+  if (s.ws && count < max_iov) {
+    ByteRange ranges[max_iov];
+    const size_t n = gather_writable(gateway_, *s.ws, s.conn, std::span<ByteRange>(ranges, max_iov - count));
+    for (size_t i = 0; i < n; ++i) iov[count++] = {const_cast<uint8_t*>(ranges[i].data), ranges[i].size};
   }
   if (count == 0) return;
 
@@ -374,10 +367,7 @@ void EventLoop::on_send(Socket& s, uint32_t index, const io_uring_cqe& cqe) {
     gateway_.metrics().bytes_out_total += from_http;
     n -= from_http;
   }
-  if (n > 0 && s.ws && gateway_.is_open(s.conn)) {
-    gateway_.handle_sent(s.conn, n);
-    s.ws->handle_written(n);
-  }
+  if (s.ws) record_written(gateway_, *s.ws, s.conn, n);
   if (s.http && s.http->responding && s.http->response_sent == s.http->response.size()) {
     if (s.http->close_after_response) return teardown(s, index);
     s.http.reset();  // the 101 is out: the connection holds no HTTP state now
@@ -434,22 +424,35 @@ void EventLoop::run_timers() {
   follow_drain();
 }
 
+// The driver contract's round (session/driver_contract.hpp): closes start
+// their handshake, dirty connections join the pending writes that
+// flush_writes() submits.
 void EventLoop::carry_out_closes() {
-  for (const CloseRequest& c : gateway_.take_closes()) {
-    const uint32_t index = socket_of(c.id);
-    if (index == no_socket) continue;
-    Socket& s = sockets_.at(index);
-    if (!s.ws) continue;
-    s.ws->close(c.code, c.reason);
-    settle_session(s, index);
-  }
+  struct Host final : SessionHost {
+    EventLoop& loop;
+    explicit Host(EventLoop& l) : loop(l) {}
+    Socket* socket(ConnId id, uint32_t& index) {
+      index = loop.socket_of(id);
+      return index == no_socket ? nullptr : &loop.sockets_.at(index);
+    }
+    WsSession* session_of(ConnId id) override {
+      uint32_t index;
+      Socket* s = socket(id, index);
+      return s && s->ws ? &*s->ws : nullptr;
+    }
+    void write(ConnId id, WsSession&) override {
+      uint32_t index;
+      if (Socket* s = socket(id, index)) loop.mark_write_pending(*s, index);
+    }
+    void settle(ConnId id, WsSession&) override {
+      uint32_t index;
+      if (Socket* s = socket(id, index)) loop.settle_session(*s, index);
+    }
+  } host(*this);
+  run_flush_round(gateway_, host);
 }
 
 void EventLoop::flush_writes() {
-  for (ConnId id : gateway_.take_dirty()) {
-    const uint32_t index = socket_of(id);
-    if (index != no_socket) mark_write_pending(sockets_.at(index), index);
-  }
   for (size_t i = 0; i < pending_writes_.size(); ++i) {
     const SlotRef r = pending_writes_[i];
     Socket* s = sockets_.find(r.index, r.generation);
@@ -479,12 +482,12 @@ void EventLoop::rearm_receives() {
 // over (or failed) and the close frame is written.
 void EventLoop::settle_session(Socket& s, uint32_t index) {
   if (!s.ws || s.phase != Phase::websocket) return;
-  WsSession& ws = *s.ws;
-  if (ws.close_queued() && !s.close_timer_set) {
+  const SettleDecision d = decide_settle(*s.ws, s.close_timer_set, s.peer_eof);
+  if (d.start_close_timer) {
     s.close_timer_set = true;
     close_deadlines_.push_back({now_ms_ + options_.limits.close_timeout_ms, {index, s.generation}});
   }
-  if (ws.wants_socket_closed() || (s.peer_eof && ws.close_written())) teardown(s, index);
+  if (d.close_socket) teardown(s, index);
 }
 
 void EventLoop::mark_write_pending(Socket& s, uint32_t index) {

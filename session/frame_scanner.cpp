@@ -3,44 +3,23 @@
 #include <algorithm>
 
 namespace wsgate {
-namespace {
-
-// Header bytes implied by the first two: base, extended length, mask key.
-size_t header_bytes(const uint8_t* hdr) {
-  const uint8_t len7 = hdr[1] & 0x7F;
-  const size_t ext = len7 == 126 ? 2 : len7 == 127 ? 8 : 0;
-  const size_t mask = (hdr[1] & 0x80) ? 4 : 0;
-  return 2 + ext + mask;
-}
-
-}  // namespace
 
 // Called as the header grows: with its first two bytes, once the extended
 // length is complete, and once the whole header is in. Each check runs as
 // soon as its bytes are known, because wslay acts on them at that moment too.
 bool FrameScanner::accept_header() {
-  const bool fin = hdr_[0] & 0x80;
-  const uint8_t opcode = hdr_[0] & 0x0F;
-  const bool control = opcode & 0x08;
-  const uint8_t len7 = hdr_[1] & 0x7F;
-  const size_t ext = len7 == 126 ? 2 : len7 == 127 ? 8 : 0;
+  FrameHeader h;
+  const FrameHeaderStatus status = decode_frame_header(hdr_, have_, h);
+  const uint8_t opcode = h.opcode;
+  const bool fin = h.fin;
+  const bool control = h.is_control();
   if (have_ == 2) {
-    if (control && (!fin || len7 > 125)) return false;  // RFC 6455 5.5
-    if (opcode == 0x8 && len7 == 1) return false;       // RFC 6455 5.5.1: 0 or >= 2 bytes
+    if (control && (!fin || h.len7 > 125)) return false;  // RFC 6455 5.5
+    if (opcode == 0x8 && h.len7 == 1) return false;       // RFC 6455 5.5.1: 0 or >= 2 bytes
   }
-  uint64_t len = len7;
-  if (ext == 2) {
-    if (have_ < 4) return true;
-    len = (uint64_t(hdr_[2]) << 8) | hdr_[3];
-    if (len < 126) return false;  // RFC 6455 5.2: the minimal number of bytes
-  } else if (ext == 8) {
-    if (have_ < 10) return true;
-    len = 0;
-    for (int i = 0; i < 8; ++i) len = (len << 8) | hdr_[2 + i];
-    if (len >> 63) return false;  // the most significant bit must be 0
-    if (len <= 0xFFFF) return false;
-  }
-  if (have_ < header_bytes(hdr_)) return true;
+  if (status == FrameHeaderStatus::invalid) return false;  // RFC 6455 5.2
+  if (status == FrameHeaderStatus::need_more) return true;
+  const uint64_t len = h.payload_bytes;
   // Fragmentation (5.4): a data frame without FIN opens a message, a final
   // continuation closes it. Wrong sequences are wslay's to reject (1002).
   if (opcode == 0x1 || opcode == 0x2) {

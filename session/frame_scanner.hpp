@@ -16,6 +16,8 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "wsgate/frame.hpp"
+
 namespace wsgate {
 
 class FrameScanner {
@@ -42,7 +44,7 @@ class FrameScanner {
   uint64_t payload_left_ = 0;  // of the current frame
   uint64_t message_bytes_ = 0; // declared so far by the frames of this message
   uint32_t max_message_bytes_;
-  uint8_t hdr_[14] = {};       // 2 + 8 (length) + 4 (mask key) at most
+  uint8_t hdr_[any_frame_header_max_bytes] = {};
   uint8_t have_ = 0;           // header bytes collected so far
   bool in_fragmented_ = false; // a text/binary message awaits its final frame
   bool failed_ = false;

@@ -1,8 +1,11 @@
 // The virtual clients and the load balancer in front of the nodes. A client
 // connects, sends direct messages and (sometimes) broadcasts whose content
-// names it and its sequence number, reads what the node writes, answers
-// pings, and reconnects with exponential backoff and jitter when its
-// connection goes, at once when the server asks it to (4002, 1001).
+// names it and its sequence number, and now and then a ping, all as masked
+// WebSocket frames into the connection's WsSession; it decodes what the
+// node writes with the one frame codec, answers pings with pongs, answers a
+// close frame with its own, and reconnects with exponential backoff and
+// jitter when its connection goes, at once when the server asks it to
+// (4002, 1001).
 #include <algorithm>
 #include <charconv>
 
@@ -26,7 +29,61 @@ bool parse_content(std::string_view payload, uint64_t (&v)[3]) {
   }
   return true;
 }
+// Messages the core has taken in, valid or not: a message framed by a
+// client on a connection that is not closing must add exactly one.
+uint64_t messages_taken(const Metrics& m) {
+  uint64_t n = m.messages_invalid_total;
+  for (uint64_t v : m.messages_in_total) n += v;
+  return n;
+}
 }  // namespace
+
+void append_client_frame(std::string& out, Opcode op, std::string_view payload, uint64_t key_seed) {
+  const uint64_t k = mix64(key_seed);
+  const uint8_t key[4] = {uint8_t(k), uint8_t(k >> 8), uint8_t(k >> 16), uint8_t(k >> 24)};
+  uint8_t hdr[any_frame_header_max_bytes];
+  out.append(reinterpret_cast<const char*>(hdr), encode_masked_frame_header(hdr, op, payload.size(), key));
+  const size_t at = out.size();
+  out.append(payload);
+  apply_frame_mask(reinterpret_cast<uint8_t*>(out.data()) + at, payload.size(), key);
+}
+
+void Simulation::send_frame(uint32_t c, Opcode op, std::string_view payload) {
+  Client& cl = clients_[c];
+  Conn& cn = nodes_[cl.node].conns[cl.conn.index];
+  if (!cn.live || cn.client != c || !cn.ws) return;  // the socket went meanwhile
+  std::string& wire = frame_scratch_;
+  wire.clear();
+  append_client_frame(wire, op, payload, uint64_t(c) << 32 ^ cl.frames_sent++);
+  cn.ws->feed(reinterpret_cast<const uint8_t*>(wire.data()), wire.size(), sched_.now_ms());
+  settle(cl.node, cl.conn);
+}
+
+void Simulation::send_text(uint32_t c, std::string_view text) {
+  Client& cl = clients_[c];
+  const uint32_t n = cl.node;
+  const ConnId id = cl.conn;
+  Gateway& gw = *nodes_[n].gw;
+  const bool closing = gw.is_closing(id);
+  const uint64_t before = messages_taken(gw.metrics());
+  send_frame(c, Opcode::text, text);
+  const uint64_t taken = messages_taken(gw.metrics()) - before;
+  if (!closing && taken != 1)
+    violate(Invariant::messages_reach_core, "client " + std::to_string(c) + " sent a " + std::to_string(text.size()) +
+                                                "-byte message on node n" + std::to_string(n) + " slot " +
+                                                std::to_string(id.index) + "; the core took " + std::to_string(taken));
+}
+
+void Simulation::send_replies(uint32_t c) {
+  Client& cl = clients_[c];
+  if (cl.replies.empty()) return;
+  std::string wire;
+  wire.swap(cl.replies);
+  if (cl.state != ClientState::open) return;
+  Conn& cn = nodes_[cl.node].conns[cl.conn.index];
+  if (!cn.live || cn.client != c || !cn.ws) return;
+  cn.ws->feed(reinterpret_cast<const uint8_t*>(wire.data()), wire.size(), sched_.now_ms());
+}
 
 void Simulation::schedule_connect(uint32_t c, uint64_t delay_ms) {
   Client& cl = clients_[c];
@@ -153,6 +210,8 @@ void Simulation::on_arrive(uint32_t c, uint32_t epoch, uint32_t n, uint32_t life
   cl.opened_ms = now;
   cl.attempts = 0;
   cl.partial.clear();
+  cl.replies.clear();
+  cn.ws = std::make_unique<WsSession>(*node.gw, id, limits_);
   ++result_.stats.opens;
   if (cn.conn_no > 1) ++result_.stats.reconnects;
   if (cl.failover_from != none) {
@@ -176,6 +235,12 @@ void Simulation::on_act(uint32_t c, uint32_t epoch) {
   if (phase_ == Phase::faults && rng_.chance_ppm(o_.leave_ppm)) {
     leave(c, true);
     return;
+  }
+  // Every eighth action also pings: the node's wslay answers with a pong.
+  if ((cl.seq & 7) == 7) {
+    ++result_.stats.client_pings;
+    send_frame(c, Opcode::ping, "p");
+    if (cl.epoch != epoch || cl.state != ClientState::open) return;
   }
   send_direct(c);
   if (cl.epoch == epoch && cl.state == ClientState::open)
@@ -209,7 +274,7 @@ void Simulation::send_direct(uint32_t c) {
   const bool closing = gw.is_closing(cl.conn);
   const uint64_t published_before = node.bus->counters().published;
   directs_.push_back(std::move(rec));
-  gw.handle_text(cl.conn, scratch_, now);
+  send_text(c, scratch_);
   DirectRecord& r = directs_.back();
   r.accepted = !closing && node.bus->counters().published != published_before;
   SimStats& s = result_.stats;
@@ -241,7 +306,7 @@ bool Simulation::send_broadcast(uint32_t c) {
   const uint64_t published_before = node.bus->counters().published;
   broadcasts_.push_back(BroadcastRecord{now, c, cl.node, node.life, false, false, {}});
   broadcasts_.back().received_on.assign(clients_.size(), 0);
-  gw.handle_text(cl.conn, scratch_, now);
+  send_text(c, scratch_);
   BroadcastRecord& r = broadcasts_.back();
   r.accepted = !closing && node.bus->counters().published != published_before;
   ++result_.stats.broadcast_sent;
@@ -260,17 +325,18 @@ uint32_t Simulation::random_open_client() {
   return none;
 }
 
-// The client closes: its close frame reaches the node a moment later, which
-// answers and closes the socket.
+// The client closes: its close frame (1000) reaches the node a moment later;
+// the node's session answers it and the socket closes once that is written.
 void Simulation::leave(uint32_t c, bool come_back) {
   Client& cl = clients_[c];
   Node& node = nodes_[cl.node];
   Conn& cn = node.conns[cl.conn.index];
   trace_.record(sched_.now_ms(), TraceKind::client_leave, c, cl.node);
   cn.client = none;
-  cn.close_pending = true;
-  sched_.after(latency_ms(), EventKind::client_close_ack, cl.node, node.life, pack_conn(cl.conn));
+  cn.client_close_code = 1000;
+  sched_.after(latency_ms(), EventKind::client_close_frame, cl.node, node.life, pack_conn(cl.conn));
   cl.partial.clear();
+  cl.replies.clear();
   if (come_back) {
     schedule_connect(c, rng_.between(1000, 10000));
   } else {
@@ -291,6 +357,7 @@ void Simulation::vanish(uint32_t c) {
   cn.zombie = true;
   cn.socket_credit = 64 * 1024;
   cl.partial.clear();
+  cl.replies.clear();
   schedule_connect(c, rng_.between(2000, 8000));
 }
 
@@ -301,14 +368,15 @@ void Simulation::drop_connection(uint32_t c) {
   Conn& cn = node.conns[cl.conn.index];
   trace_.record(sched_.now_ms(), TraceKind::dropped, c, cl.node);
   cn.client = none;
-  cn.close_pending = true;
-  sched_.after(latency_ms(), EventKind::client_close_ack, cl.node, node.life, pack_conn(cl.conn));
+  cn.reset = true;
+  sched_.after(latency_ms(), EventKind::conn_reset, cl.node, node.life, pack_conn(cl.conn));
   lost_connection(c, rng_.below(1000));
 }
 
 void Simulation::lost_connection(uint32_t c, uint64_t reconnect_delay_ms) {
   Client& cl = clients_[c];
   cl.partial.clear();
+  cl.replies.clear();
   if (phase_ == Phase::leave || phase_ == Phase::end) {
     cl.state = ClientState::gone;
     ++cl.epoch;
@@ -334,23 +402,14 @@ void Simulation::receive(uint32_t c, const uint8_t* data, size_t n) {
     buf = cl.partial;
   }
   size_t p = 0;
-  while (p + 2 <= buf.size()) {
-    const uint8_t op = uint8_t(buf[p]) & 0x0F;
-    uint64_t len = uint8_t(buf[p + 1]) & 0x7F;
-    size_t header = 2;
-    if (len == 126) {
-      if (p + 4 > buf.size()) break;
-      len = uint64_t(uint8_t(buf[p + 2])) << 8 | uint8_t(buf[p + 3]);
-      header = 4;
-    } else if (len == 127) {
-      if (p + 10 > buf.size()) break;
-      len = 0;
-      for (int i = 0; i < 8; ++i) len = len << 8 | uint8_t(buf[p + 2 + i]);
-      header = 10;
-    }
-    if (p + header + len > buf.size()) break;
-    on_frame(c, op, buf.substr(p + header, len));
-    p += header + len;
+  FrameHeader h;
+  while (decode_frame_header(reinterpret_cast<const uint8_t*>(buf.data()) + p, buf.size() - p, h) ==
+         FrameHeaderStatus::complete) {
+    if (buf.size() - p - h.header_bytes < h.payload_bytes) break;
+    const std::string_view payload = buf.substr(p + h.header_bytes, h.payload_bytes);
+    p += h.header_bytes + h.payload_bytes;
+    on_frame(c, h.opcode, payload);
+    if (clients_[c].state != ClientState::open) return;  // a close frame: it stops reading
   }
   if (buffered) cl.partial.erase(0, p);
   else if (p < buf.size()) cl.partial.assign(buf.substr(p));
@@ -358,11 +417,29 @@ void Simulation::receive(uint32_t c, const uint8_t* data, size_t n) {
 
 void Simulation::on_frame(uint32_t c, uint8_t opcode, std::string_view payload) {
   Client& cl = clients_[c];
-  if (opcode == uint8_t(Opcode::ping)) {  // the pong is the sign of life
-    nodes_[cl.node].gw->handle_activity(cl.conn, sched_.now_ms());
-    return;
+  switch (Opcode(opcode)) {
+    case Opcode::ping:  // the pong, sent once this write ends, is the sign of life
+      ++result_.stats.server_pings_answered;
+      append_client_frame(cl.replies, Opcode::pong, payload, uint64_t(c) << 32 ^ cl.frames_sent++);
+      return;
+    case Opcode::pong:
+      ++result_.stats.client_pongs_received;
+      return;
+    case Opcode::close: {
+      // Answer with the same code a moment later, and stop reading: the
+      // node closes the socket once our close frame arrives.
+      const uint16_t code = payload.size() >= 2 ? uint16_t(uint8_t(payload[0]) << 8 | uint8_t(payload[1])) : 1005;
+      Node& node = nodes_[cl.node];
+      Conn& cn = node.conns[cl.conn.index];
+      cn.client = none;
+      cn.client_close_code = code == 1005 ? 1000 : code;
+      sched_.after(latency_ms(), EventKind::client_close_frame, cl.node, node.life, pack_conn(cl.conn));
+      on_server_close(c, CloseCode(code));
+      return;
+    }
+    case Opcode::text: break;
+    default: return;
   }
-  if (opcode != uint8_t(Opcode::text)) return;
   uint64_t v[3];
   if (payload.starts_with(R"({"type":"message")")) {
     if (parse_content(payload, v)) on_direct_received(c, uint32_t(v[2]));

@@ -1,8 +1,11 @@
 // What the server does for a node, done by the simulator: feed the Gateway
-// its events, poll its transport, write its outboxes to the virtual
-// clients, carry out its closes, and call handle_tick when it asks.
+// its events, poll its transport, run the driver contract's flush round
+// (session/driver_contract.hpp: closes through each connection's WsSession,
+// then writes cut after the close frame, then settling: close timer, socket
+// close), and call handle_tick when it asks.
 #include <algorithm>
 
+#include "driver_contract.hpp"
 #include "simulation.hpp"
 
 namespace wsgate::sim {
@@ -54,12 +57,12 @@ void Simulation::crash_node(uint32_t n) {
   std::vector<uint32_t> orphans;
   for (Conn& cn : node.conns)
     if (cn.live && cn.client != none && !cn.zombie) orphans.push_back(cn.client);
+  node.conns.clear();  // the sessions die with the process, before their Gateway
   node.gw.reset();
   node.bus.reset();
   bus_->crash(std::move(node.inner));
   node.up = false;
   ++node.life;
-  node.conns.clear();
   node.pending_arrivals = 0;
   mark_unhealthy(n);
   for (uint32_t c : orphans) {
@@ -84,12 +87,12 @@ void Simulation::exit_drained_node(uint32_t n) {
   std::vector<uint32_t> cut;
   for (Conn& cn : node.conns)
     if (cn.live && cn.client != none && !cn.zombie) cut.push_back(cn.client);
+  node.conns.clear();  // the sessions go with the process, before their Gateway
   node.gw.reset();
   node.bus.reset();
   node.inner.reset();
   node.up = false;
   ++node.life;
-  node.conns.clear();
   mark_unhealthy(n);
   sched_.after(chaos_rng_.between(500, 3000), EventKind::node_restart, n, node.life);
   result_.stats.drain_cut += cut.size();
@@ -103,6 +106,7 @@ void Simulation::harvest_metrics(Node& node) {
   s.drain_closes += m.drain_closes_total;
   s.slow_consumer_closes += m.slow_consumer_closes_total;
   s.heartbeat_timeouts += m.heartbeat_timeouts_total;
+  s.protocol_error_closes += m.protocol_error_closes_total;
   s.stale_dropped += m.transport_stale_dropped_total;
   const FaultCounters& f = node.bus->counters();
   s.bus_duplicated += f.duplicated;
@@ -129,9 +133,10 @@ bool Simulation::healthy_since(uint32_t n, uint32_t life, uint64_t since_ms) con
   return node.life == life && available(n) && node.last_unhealthy_ms < since_ms;
 }
 
-// After anything the Gateway did: write what it queued, carry out the
-// closes it asked for, and schedule its next tick and poll. Once per event,
-// like the server's once-per-loop-iteration flush.
+// After anything the Gateway did: the driver contract's flush round (the
+// same code the server runs), then schedule the next tick and poll. Once per
+// event, like the server's once-per-loop-iteration flush; a second round
+// picks up what the first one caused (a socket closed, a client's reply).
 void Simulation::service(uint32_t n) {
   Node& node = nodes_[n];
   if (!node.up) return;
@@ -142,9 +147,31 @@ void Simulation::service(uint32_t n) {
     node.refused_seen = refused;
     mark_unhealthy(n);
   }
-  for (ConnId id : gw.take_dirty())
-    if (gw.is_open(id)) flush(n, id);
-  for (const CloseRequest& r : gw.take_closes()) carry_out_close(n, r);
+  struct Host final : SessionHost {
+    Simulation& sim;
+    uint32_t n;
+    bool busy = false;
+    Host(Simulation& s, uint32_t node) : sim(s), n(node) {}
+    WsSession* session_of(ConnId id) override {
+      Conn* cn = sim.live_conn(n, sim.nodes_[n].life, id);
+      return cn ? cn->ws.get() : nullptr;
+    }
+    void note_close_request(const CloseRequest& req) override {
+      busy = true;
+      sim.note_close_request(n, req);
+    }
+    void write(ConnId id, WsSession&) override {
+      busy = true;
+      sim.flush(n, id);
+    }
+    void settle(ConnId id, WsSession&) override { sim.settle(n, id); }
+  } host(*this, n);
+  for (int round = 0; round < 2 && node.up; ++round) {
+    host.busy = false;
+    run_flush_round(gw, host);
+    if (!host.busy) break;
+  }
+  if (!node.up) return;
   const uint64_t now = sched_.now_ms();
   // Never twice in one millisecond: a core asking for a tick at `now` again
   // would spin the scheduler.
@@ -165,13 +192,20 @@ void Simulation::service(uint32_t n) {
   if (drain == DrainStatus::complete || drain == DrainStatus::overdue) exit_drained_node(n);
 }
 
-// Writes a connection's outbox: all of it to a healthy reader, a trickle to
-// a slow one, the kernel buffer's worth to a vanished one.
+Simulation::Conn* Simulation::live_conn(uint32_t n, uint32_t life, ConnId id) {
+  Node& node = nodes_[n];
+  if (!node.up || node.life != life || id.index >= node.conns.size()) return nullptr;
+  Conn& cn = node.conns[id.index];
+  if (!cn.live || cn.generation != id.generation || !cn.ws) return nullptr;
+  return &cn;
+}
+
+// Writes a connection's outbox (what its session allows): all of it to a
+// healthy reader, a trickle to a slow one, the kernel buffer's worth to a
+// vanished one; then the client's replies go back and the session settles.
 void Simulation::flush(uint32_t n, ConnId id) {
   Node& node = nodes_[n];
-  Gateway& gw = *node.gw;
   Conn& cn = node.conns[id.index];
-  Outbox& out = gw.outbox(id);
   size_t budget = SIZE_MAX;
   uint32_t reader = cn.client;
   if (cn.zombie) {
@@ -179,7 +213,7 @@ void Simulation::flush(uint32_t n, ConnId id) {
     reader = none;
   } else if (reader != none && clients_[reader].slow) {
     budget = 0;  // the slow-drain timer reads it
-    if (!out.empty() && !cn.in_slow_list) {
+    if (!node.gw->outbox(id).empty() && !cn.in_slow_list) {
       cn.in_slow_list = true;
       node.slow_slots.push_back(id.index);
       if (node.slow_drain_at == UINT64_MAX) {
@@ -188,20 +222,31 @@ void Simulation::flush(uint32_t n, ConnId id) {
       }
     }
   }
+  const size_t took = write_out(n, id, reader, budget);
+  if (cn.zombie) cn.socket_credit -= std::min(cn.socket_credit, took);
+  if (reader != none) send_replies(reader);
+  settle(n, id);
+}
+
+size_t Simulation::write_out(uint32_t n, ConnId id, uint32_t reader, size_t budget) {
+  Gateway& gw = *nodes_[n].gw;
+  Conn& cn = nodes_[n].conns[id.index];
+  size_t total = 0;
   ByteRange ranges[32];
-  while (budget > 0 && !out.empty()) {
-    const size_t k = out.gather(ranges);
+  while (budget > 0 && cn.ws) {
+    const size_t k = gather_writable(gw, *cn.ws, id, ranges, budget);
+    if (k == 0) break;
     size_t took = 0;
-    for (size_t i = 0; i < k && budget > 0; ++i) {
-      const size_t part = std::min(ranges[i].size, budget);
-      if (reader != none) receive(reader, ranges[i].data, part);
-      took += part;
-      budget -= part;
-      if (part < ranges[i].size) break;
+    for (size_t i = 0; i < k; ++i) {
+      // The client may stop reading mid-write (our close frame arrived).
+      if (reader != none && cn.client == reader) receive(reader, ranges[i].data, ranges[i].size);
+      took += ranges[i].size;
     }
-    gw.handle_sent(id, took);
+    record_written(gw, *cn.ws, id, took);
+    budget -= took;
+    total += took;
   }
-  if (cn.zombie) cn.socket_credit = budget;
+  return total;
 }
 
 void Simulation::on_slow_drain(uint32_t n, uint32_t life) {
@@ -214,26 +259,16 @@ void Simulation::on_slow_drain(uint32_t n, uint32_t life) {
     Conn& cn = node.conns[index];
     const ConnId id{index, cn.generation};
     cn.in_slow_list = false;
-    if (!cn.live || cn.client == none || !gw.is_open(id)) continue;
-    Outbox& out = gw.outbox(id);
-    size_t budget = slow_bytes_per_drain;
-    ByteRange ranges[8];
-    while (budget > 0 && !out.empty()) {
-      const size_t k = out.gather(ranges);
-      size_t took = 0;
-      for (size_t i = 0; i < k && budget > 0; ++i) {
-        const size_t part = std::min(ranges[i].size, budget);
-        receive(cn.client, ranges[i].data, part);
-        took += part;
-        budget -= part;
-        if (part < ranges[i].size) break;
-      }
-      gw.handle_sent(id, took);
-    }
-    if (!out.empty()) {
+    if (!cn.live || cn.client == none || !gw.is_open(id) || !cn.ws) continue;
+    const uint32_t c = cn.client;
+    write_out(n, id, c, slow_bytes_per_drain);
+    send_replies(c);
+    if (cn.live && cn.ws && cn.client != none && !gw.outbox(id).empty() &&
+        cn.ws->writable_bytes(gw.outbox(id).queued_bytes()) > 0) {
       cn.in_slow_list = true;
       keep.push_back(index);
     }
+    settle(n, id);
   }
   node.slow_slots.swap(keep);
   if (!node.slow_slots.empty()) {
@@ -243,41 +278,78 @@ void Simulation::on_slow_drain(uint32_t n, uint32_t life) {
   service(n);
 }
 
-// The Gateway asked to close a connection: the close frame follows what is
-// queued; a live client answers with its own close (then the socket is
-// closed); a vanished one never answers and the close times out.
-void Simulation::carry_out_close(uint32_t n, const CloseRequest& req) {
-  Node& node = nodes_[n];
-  Conn& cn = node.conns[req.id.index];
-  if (!cn.live || cn.generation != req.id.generation) return;
-  const uint64_t now = sched_.now_ms();
-  trace_.record(now, TraceKind::server_close, cn.client == none ? UINT32_MAX : cn.client, n, uint64_t(req.code));
+// The Gateway asked to close a connection; the session starts the close
+// handshake right after this (driver contract). Counted here.
+void Simulation::note_close_request(uint32_t n, const CloseRequest& req) {
+  const Conn& cn = nodes_[n].conns[req.id.index];
+  trace_.record(sched_.now_ms(), TraceKind::server_close, cn.client == none ? UINT32_MAX : cn.client, n,
+                uint64_t(req.code));
   const uint16_t code = uint16_t(req.code);
   const size_t slot = code == 1000 ? 0 : code == 1001 ? 1 : code == 1008 ? 2 : code == 4002 ? 3 : code == 4001 ? 4 : 5;
   ++result_.stats.server_closes_by_code[slot];
   if (req.code == CloseCode::reconnect) check_rebalance_move(n);
-  if (cn.close_pending) return;  // the client already closed; the ack is on its way
-  cn.close_pending = true;
-  if (cn.client != none && !cn.zombie) {
-    const uint32_t c = cn.client;
-    if (!clients_[c].slow) flush(n, req.id);
-    cn.client = none;
-    on_server_close(c, req.code);
-    sched_.after(latency_ms(), EventKind::client_close_ack, n, node.life, pack_conn(req.id));
-  } else {
-    sched_.after(limits_.close_timeout_ms, EventKind::client_close_ack, n, node.life, pack_conn(req.id));
+}
+
+// The contract's settling, with the simulator's clock: the close timer is
+// an event; closing the socket tells the core at once.
+void Simulation::settle(uint32_t n, ConnId id) {
+  Node& node = nodes_[n];
+  Conn* cn = live_conn(n, node.life, id);
+  if (!cn) return;
+  const SettleDecision d = decide_settle(*cn->ws, cn->close_timer_set, cn->reset);
+  if (d.start_close_timer) {
+    cn->close_timer_set = true;
+    sched_.after(limits_.close_timeout_ms, EventKind::close_timeout, n, node.life, pack_conn(id));
+  }
+  if (d.close_socket) {
+    ++result_.stats.close_handshakes;
+    close_socket(n, id);
   }
 }
 
-// The socket is gone (close handshake done, reset, or close timeout).
-void Simulation::on_close_ack(uint32_t n, uint32_t life, ConnId id) {
+// The socket is gone (close handshake done, reset, or close timeout). A
+// client still reading it sees its connection end.
+void Simulation::close_socket(uint32_t n, ConnId id) {
   Node& node = nodes_[n];
-  if (!node.up || node.life != life || !node.gw->is_open(id)) return;
-  node.gw->handle_closed(id);
   Conn& cn = node.conns[id.index];
+  const uint32_t c = cn.client;
   cn.live = false;
   cn.client = none;
+  cn.ws.reset();
+  node.gw->handle_closed(id);
   trace_.record(sched_.now_ms(), TraceKind::closed, n, id.index);
+  if (c != none) {
+    clients_[c].replies.clear();
+    lost_connection(c, backoff_ms(1));
+  }
+}
+
+// The client's close frame (its own, or the answer to ours) reaches the node.
+void Simulation::on_client_close_frame(uint32_t n, uint32_t life, ConnId id) {
+  Conn* cn = live_conn(n, life, id);
+  if (!cn) return;
+  const char code[2] = {char(cn->client_close_code >> 8), char(cn->client_close_code)};
+  std::string frame;
+  append_client_frame(frame, Opcode::close, std::string_view(code, 2), pack_conn(id));
+  cn->ws->feed(reinterpret_cast<const uint8_t*>(frame.data()), frame.size(), sched_.now_ms());
+  settle(n, id);
+  service(n);
+}
+
+// A TCP reset: the socket is closed at once, no handshake.
+void Simulation::on_conn_reset(uint32_t n, uint32_t life, ConnId id) {
+  if (!live_conn(n, life, id)) return;
+  close_socket(n, id);
+  service(n);
+}
+
+// Our close frame got no answer within close_timeout_ms: the socket is
+// closed anyway, as the server's close deadline does.
+void Simulation::on_close_timeout(uint32_t n, uint32_t life, ConnId id) {
+  if (!live_conn(n, life, id)) return;
+  ++result_.stats.close_timeouts;
+  trace_.record(sched_.now_ms(), TraceKind::close_timeout, n, id.index);
+  close_socket(n, id);
   service(n);
 }
 

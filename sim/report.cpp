@@ -73,6 +73,13 @@ void Simulation::print_summary(const SimOptions& o, const SimResult& r, FILE* ou
   row("drain cut at the deadline", s.drain_cut);
   row("slow consumer closes (1008)", s.slow_consumer_closes);
   row("idle timeouts", s.heartbeat_timeouts);
+  row("sessions: close handshakes done", s.close_handshakes,
+      ("close timeouts (no answer) " + std::to_string(s.close_timeouts) + ", protocol errors " +
+       std::to_string(s.protocol_error_closes))
+          .c_str());
+  row("sessions: heartbeat pings answered", s.server_pings_answered,
+      ("client pings " + std::to_string(s.client_pings) + ", pongs back " + std::to_string(s.client_pongs_received))
+          .c_str());
   row("bus duplicates injected", s.bus_duplicated);
   row("duplicates/overtaken dropped by nodes", s.stale_dropped);
   row("bus messages dropped (cut off)", s.bus_dropped_cut_off);

@@ -14,7 +14,9 @@ enum class EventKind : uint8_t {
   client_connect,     // a: client, b: client epoch
   client_arrive,      // a: client, b: client epoch, c: node << 32 | node life
   client_act,         // a: client, b: client epoch
-  client_close_ack,   // a: node, b: node life, c: ConnId (index << 32 | generation)
+  client_close_frame, // a: node, b: node life, c: ConnId (index << 32 | generation): the client's close frame arrives
+  conn_reset,         // a: node, b: node life, c: ConnId: a TCP reset reaches the node
+  close_timeout,      // a: node, b: node life, c: ConnId: the peer did not answer our close in time
   node_tick,          // a: node, b: node life
   node_poll,          // a: node, b: node life
   node_slow_drain,    // a: node, b: node life

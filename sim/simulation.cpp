@@ -21,7 +21,7 @@ const char* invariant_name(Invariant i) {
   static constexpr const char* names[] = {
       "direct_at_most_once", "direct_in_send_order", "direct_delivered_when_healthy", "broadcast_exactly_once",
       "presence_converges",  "load_balanced",        "rebalance_only_when_needed",    "admission_fair", "memory_bounded",
-      "transport_input_genuine", "tables_empty_after_leave",
+      "transport_input_genuine", "tables_empty_after_leave", "messages_reach_core",
   };
   static_assert(sizeof(names) / sizeof(names[0]) == size_t(Invariant::count_));
   return names[size_t(i)];
@@ -171,7 +171,11 @@ void Simulation::dispatch(const Event& e) {
     case EventKind::client_connect: on_connect(e.a, uint32_t(e.b)); break;
     case EventKind::client_arrive: on_arrive(e.a, uint32_t(e.b), uint32_t(e.c >> 32), uint32_t(e.c)); break;
     case EventKind::client_act: on_act(e.a, uint32_t(e.b)); break;
-    case EventKind::client_close_ack: on_close_ack(e.a, uint32_t(e.b), ConnId{uint32_t(e.c >> 32), uint32_t(e.c)}); break;
+    case EventKind::client_close_frame:
+      on_client_close_frame(e.a, uint32_t(e.b), ConnId{uint32_t(e.c >> 32), uint32_t(e.c)});
+      break;
+    case EventKind::conn_reset: on_conn_reset(e.a, uint32_t(e.b), ConnId{uint32_t(e.c >> 32), uint32_t(e.c)}); break;
+    case EventKind::close_timeout: on_close_timeout(e.a, uint32_t(e.b), ConnId{uint32_t(e.c >> 32), uint32_t(e.c)}); break;
     case EventKind::node_tick:
       if (nodes_[e.a].tick_at == e.time_ms) on_tick(e.a, uint32_t(e.b));
       break;

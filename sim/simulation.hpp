@@ -2,7 +2,11 @@
 // One simulated cluster run: N real Gateway cores, each behind a
 // FaultTransport on the shared bus, driven like the server drives them, and
 // M virtual clients reaching them through a simulated load balancer, all
-// under one deterministic scheduler. The run is a pure function of
+// under one deterministic scheduler. Each connection owns a WsSession, as
+// the server's sockets do: clients speak masked WebSocket frames into it and
+// decode what the node writes with the one frame codec, and the close
+// handshake and its timeout follow the driver contract
+// (session/driver_contract.hpp) that the server runs too. The run is a pure function of
 // SimOptions; its trace hash proves it.
 //
 // The run has four phases:
@@ -32,6 +36,7 @@
 #include "sim_bus.hpp"
 #include "trace.hpp"
 #include "wsgate/gateway.hpp"
+#include "ws_session.hpp"
 
 namespace wsgate::sim {
 
@@ -48,6 +53,7 @@ enum class Invariant : uint8_t {
   memory_bounded,               // (5)
   transport_input_genuine,      // no node drops as invalid what another node published
   tables_empty_after_leave,     // (6)
+  messages_reach_core,          // (7) every message a client frames on an open connection reaches the core once
   count_
 };
 const char* invariant_name(Invariant i);
@@ -73,6 +79,11 @@ struct SimStats {
   uint64_t crashes = 0, restarts = 0, partitions = 0, drains = 0, stalls = 0, vanishes = 0, storms = 0, joins = 0;
   uint64_t failover_clients = 0;  // connections lost to a crash, reconnected elsewhere
   uint64_t failover_ms_max = 0;   // crash -> last of its clients open again
+  uint64_t client_pings = 0, client_pongs_received = 0;  // clients' pings, the nodes' (wslay's) answers
+  uint64_t server_pings_answered = 0;  // heartbeat pings the clients answered with a pong
+  uint64_t close_handshakes = 0;       // sockets closed after both close frames
+  uint64_t close_timeouts = 0;         // sockets closed because the peer never answered our close
+  uint64_t protocol_error_closes = 0;  // the session refused a client's frames (must stay 0)
   uint64_t needless_moves = 0;    // 4002 while the node was inside the band
   uint64_t needless_moves_after_crash = 0;  // of which on a view not yet aware of a crash
   uint64_t drain_cut = 0;  // connections a drained node still held at its deadline
@@ -125,9 +136,12 @@ class Simulation {
     uint32_t user = 0;
     uint32_t conn_no = 0;
     bool zombie = false;    // its client vanished: nobody reads it
-    bool close_pending = false;  // handle_closed is scheduled
+    bool reset = false;     // a TCP reset is on its way: both ends are done
+    bool close_timer_set = false;
     bool in_slow_list = false;
+    uint16_t client_close_code = 0;  // of the close frame the client sent (in flight)
     uint64_t socket_credit = 0;  // zombies: what the kernel buffer still takes
+    std::unique_ptr<WsSession> ws;  // the session layer, as the server's Socket holds it
   };
 
   struct Node {
@@ -166,6 +180,8 @@ class Simulation {
     uint32_t seq = 0;         // messages this client sent (all connections)
     uint32_t failover_from = none;  // node whose crash it is recovering from
     std::string partial;      // bytes of an incomplete frame (slow readers)
+    std::string replies;      // masked pongs owed to the node, sent once a write ends
+    uint64_t frames_sent = 0; // picks each frame's mask key
     // Upgrade attempts from this client's address in the current and the
     // previous ip_window_ms (each client has its own address).
     uint64_t ip_window_start_ms = 0;
@@ -207,8 +223,16 @@ class Simulation {
   void harvest_metrics(Node& node);
   void service(uint32_t n);
   void flush(uint32_t n, ConnId id);
-  void carry_out_close(uint32_t n, const CloseRequest& req);
-  void on_close_ack(uint32_t n, uint32_t life, ConnId id);
+  // Writes up to budget writable bytes to reader (none: nobody reads);
+  // returns how many the socket took.
+  size_t write_out(uint32_t n, ConnId id, uint32_t reader, size_t budget);
+  void note_close_request(uint32_t n, const CloseRequest& req);
+  void settle(uint32_t n, ConnId id);
+  void close_socket(uint32_t n, ConnId id);
+  Conn* live_conn(uint32_t n, uint32_t life, ConnId id);
+  void on_client_close_frame(uint32_t n, uint32_t life, ConnId id);
+  void on_conn_reset(uint32_t n, uint32_t life, ConnId id);
+  void on_close_timeout(uint32_t n, uint32_t life, ConnId id);
   void on_tick(uint32_t n, uint32_t life);
   void on_poll(uint32_t n, uint32_t life);
   void on_slow_drain(uint32_t n, uint32_t life);
@@ -231,6 +255,12 @@ class Simulation {
   void vanish(uint32_t c);
   void drop_connection(uint32_t c);  // TCP reset: both sides notice
   void lost_connection(uint32_t c, uint64_t reconnect_delay_ms);
+  // Sends one masked client frame into the node's session, at once.
+  void send_frame(uint32_t c, Opcode op, std::string_view payload);
+  // Sends the pongs the client owes (after a write to it ended).
+  void send_replies(uint32_t c);
+  // Sends a text message; checks that the session handed it to the core.
+  void send_text(uint32_t c, std::string_view text);
   void receive(uint32_t c, const uint8_t* data, size_t n);
   void on_frame(uint32_t c, uint8_t opcode, std::string_view payload);
   void on_server_close(uint32_t c, CloseCode code);
@@ -307,8 +337,14 @@ class Simulation {
   uint64_t last_crash_ms_ = 0;  // when the rebalance scenario added nodes
   SimResult result_;
   std::string scratch_;
+  std::string frame_scratch_;  // one client frame on its way into a session
   std::string shm_name_;
 };
+
+// Appends one final client frame (masked, RFC 6455 5.3) to out; the mask
+// key is drawn from key_seed, not from the run's generators, so framing
+// adds no draws to the workload.
+void append_client_frame(std::string& out, Opcode op, std::string_view payload, uint64_t key_seed);
 
 // Runs options.seed..seed_last (inclusive) and prints failing seeds with
 // their reproduction commands; returns how many failed.

@@ -7,7 +7,7 @@ const char* trace_kind_name(TraceKind k) {
       "connect_try", "rejected", "opened", "sent_direct", "sent_broadcast", "got_direct", "got_broadcast",
       "got_error", "server_close", "client_leave", "closed", "dropped", "vanished", "crash", "restart",
       "partition", "heal", "drain", "drained_exit", "stall", "unstall", "storm", "node_join", "phase",
-      "bus_drop", "bus_dup", "tick",
+      "bus_drop", "bus_dup", "tick", "close_timeout",
   };
   static_assert(sizeof(names) / sizeof(names[0]) == size_t(TraceKind::count_));
   return size_t(k) < size_t(TraceKind::count_) ? names[size_t(k)] : "?";

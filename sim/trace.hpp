@@ -40,6 +40,7 @@ enum class TraceKind : uint8_t {
   bus_drop,       // a: node, b: why (0 partition, 1 stall)
   bus_dup,        // a: node
   tick,           // a: node, b: connections
+  close_timeout,  // a: node, b: slot index (no close frame from the client in time)
   count_
 };
 

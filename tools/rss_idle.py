@@ -27,13 +27,13 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import sys
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "tests", "integration"))
 
+from rawws import OP_PING, OP_PONG, decode_frame, encode_frame  # noqa: E402
 from wsgate_fixture import WsgateServer, http_request, proc_status_bytes  # noqa: E402
 
 REQUEST = ("GET /ws?user_id={user} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
@@ -115,7 +115,7 @@ def worker(host, port, first, count, per_ip, batch, ready_q, stop_evt):
     # Hold the sockets; answer pings so a heartbeat cannot time them out.
     for s in socks:
         sel.register(s, selectors.EVENT_READ)
-    mask = b"\0\0\0\0"
+    pending_bytes = {}  # socket -> bytes of a frame not yet complete
     while not stop_evt.is_set():
         for k, _ in sel.select(timeout=0.5):
             s = k.fileobj
@@ -127,19 +127,19 @@ def worker(host, port, first, count, per_ip, batch, ready_q, stop_evt):
                 d = b""
             if not d:
                 sel.unregister(s)
+                pending_bytes.pop(s, None)
                 continue
-            # Best effort: an unfragmented ping frame -> pong with its payload.
-            pos = 0
-            while pos + 2 <= len(d):
-                op, ln = d[pos] & 0xF, d[pos + 1] & 0x7F
-                if ln >= 126 or pos + 2 + ln > len(d):
-                    break
-                if op == 0x9:
+            buf = pending_bytes.pop(s, b"") + d
+            while (got := decode_frame(buf)) is not None:
+                frame, used = got
+                buf = buf[used:]
+                if frame.opcode == OP_PING:
                     try:
-                        s.send(struct.pack("!BB", 0x8A, 0x80 | ln) + mask + d[pos + 2:pos + 2 + ln])
+                        s.send(encode_frame(OP_PONG, frame.payload, mask_key=b"\0\0\0\0"))
                     except OSError:
                         pass
-                pos += 2 + ln
+            if buf:
+                pending_bytes[s] = buf
     for s in socks:
         s.close()
 

@@ -40,6 +40,8 @@
 #include <string_view>
 #include <vector>
 
+#include "wsgate/frame.hpp"
+
 namespace {
 
 uint64_t now_ns() {
@@ -476,30 +478,18 @@ void Load::queue_frame(uint32_t i, uint8_t opcode, const char* payload, size_t n
     c.wbuf.clear();
     c.wpos = 0;
   }
-  uint8_t hdr[14];
-  size_t h = 0;
-  hdr[h++] = uint8_t(0x80 | opcode);
-  if (n < 126) {
-    hdr[h++] = uint8_t(0x80 | n);
-  } else if (n < 65536) {
-    hdr[h++] = 0x80 | 126;
-    hdr[h++] = uint8_t(n >> 8);
-    hdr[h++] = uint8_t(n);
-  } else {
-    hdr[h++] = 0x80 | 127;
-    for (int s = 56; s >= 0; s -= 8) hdr[h++] = uint8_t(uint64_t(n) >> s);
-  }
   uint32_t key = rnd();
   uint8_t mk[4];
   memcpy(mk, &key, 4);
-  memcpy(hdr + h, mk, 4);
-  h += 4;
+  uint8_t hdr[wsgate::any_frame_header_max_bytes];
+  const size_t h = wsgate::encode_masked_frame_header(hdr, wsgate::Opcode(opcode), n, mk);
   size_t base = c.wbuf.size();
   c.wbuf.resize(base + h + n);
   char* out = c.wbuf.data() + base;
   memcpy(out, hdr, h);
   out += h;
-  for (size_t k = 0; k < n; ++k) out[k] = char(uint8_t(payload[k]) ^ mk[k & 3]);
+  if (n > 0) memcpy(out, payload, n);
+  wsgate::apply_frame_mask(reinterpret_cast<uint8_t*>(out), n, mk);
   mark_dirty(i);
 }
 
@@ -536,23 +526,19 @@ bool Load::parse_handshake(uint32_t i, const char*& p, size_t& n) {
 size_t Load::parse_frames(uint32_t i, const char* p, size_t n) {
   size_t pos = 0;
   while (c_[i].state == State::open && n - pos >= 2) {
-    const uint8_t b0 = uint8_t(p[pos]), b1 = uint8_t(p[pos + 1]);
-    const bool fin = b0 & 0x80;
-    const uint8_t op = b0 & 0x0f;
-    const bool masked = b1 & 0x80;
-    uint64_t len = b1 & 0x7f;
-    size_t h = 2;
-    if (len == 126) {
-      if (n - pos < 4) break;
-      len = (uint64_t(uint8_t(p[pos + 2])) << 8) | uint8_t(p[pos + 3]);
-      h = 4;
-    } else if (len == 127) {
-      if (n - pos < 10) break;
-      len = 0;
-      for (int k = 0; k < 8; ++k) len = (len << 8) | uint8_t(p[pos + 2 + size_t(k)]);
-      h = 10;
+    wsgate::FrameHeader fh;
+    const auto status = wsgate::decode_frame_header(reinterpret_cast<const uint8_t*>(p) + pos, n - pos, fh);
+    if (status == wsgate::FrameHeaderStatus::invalid) {
+      fail(i, "frame length not minimally encoded");
+      err("invalid server frame header");
+      return n;
     }
-    if (masked) h += 4;
+    if (status == wsgate::FrameHeaderStatus::need_more) break;
+    const bool fin = fh.fin;
+    const uint8_t op = fh.opcode;
+    const bool masked = fh.masked;
+    const uint64_t len = fh.payload_bytes;
+    const size_t h = fh.header_bytes;
     if (len > (64u << 20)) {
       fail(i, "frame too large");
       err("server frame too large");
@@ -564,7 +550,7 @@ size_t Load::parse_frames(uint32_t i, const char* p, size_t n) {
     if (masked) {  // a server must not mask (RFC 6455 5.1); count it, then decode anyway
       err("masked server frame");
       unmasked.assign(pl, size_t(len));
-      for (size_t k = 0; k < unmasked.size(); ++k) unmasked[k] = char(uint8_t(unmasked[k]) ^ uint8_t(p[pos + h - 4 + (k & 3)]));
+      wsgate::apply_frame_mask(reinterpret_cast<uint8_t*>(unmasked.data()), unmasked.size(), fh.mask_key);
       pl = unmasked.data();
     }
     pos += h + size_t(len);

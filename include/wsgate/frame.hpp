@@ -14,14 +14,57 @@ namespace wsgate {
 
 enum class Opcode : uint8_t { text = 0x1, binary = 0x2, close = 0x8, ping = 0x9, pong = 0xA };
 
-// Header bytes of an unmasked server frame carrying payload_bytes.
-constexpr size_t frame_header_bytes(size_t payload_bytes) {
-  return payload_bytes < 126 ? 2 : payload_bytes <= 0xFFFF ? 4 : 10;
+// --- the frame-header codec (RFC 6455 5.2), the only one in the C++ code:
+// the core, the session layer, the simulator's clients, the tests, the
+// fuzzer and the load tool all encode and decode headers here.
+
+// The longest header of any frame: 2 bytes, an 8-byte length and a 4-byte
+// mask key (a server frame needs at most frame_header_max_bytes, limits.hpp).
+constexpr size_t any_frame_header_max_bytes = 14;
+
+// Header bytes of a frame carrying payload_bytes, masked or not.
+constexpr size_t frame_header_bytes(size_t payload_bytes, bool masked = false) {
+  return (payload_bytes < 126 ? 2 : payload_bytes <= 0xFFFF ? 4 : 10) + (masked ? 4 : 0);
 }
 
 // Writes the header of a final, unmasked frame into out (>= 10 bytes) and
 // returns its length. Server frames are never masked (RFC 6455 5.1).
 size_t encode_frame_header(uint8_t* out, Opcode op, size_t payload_bytes);
+// The header of a client frame (RFC 6455 5.3: always masked) with this mask
+// key, into out (>= 14 bytes); returns its length. fin false opens or
+// continues a fragmented message.
+size_t encode_masked_frame_header(uint8_t* out, Opcode op, size_t payload_bytes, const uint8_t (&mask_key)[4],
+                                  bool fin = true);
+// XORs n payload bytes with the mask key; offset is the position of data[0]
+// in the payload (masking is its own inverse).
+void apply_frame_mask(uint8_t* data, size_t n, const uint8_t (&mask_key)[4], uint64_t offset = 0);
+
+// A decoded header. Fields are filled as their bytes arrive (see
+// decode_frame_header): the first two bytes give fin, rsv, opcode, masked,
+// len7 and header_bytes; the extended length gives payload_bytes.
+struct FrameHeader {
+  uint64_t payload_bytes = 0;
+  uint8_t opcode = 0;        // the raw 4 bits (may be a reserved opcode)
+  uint8_t rsv = 0;           // RSV1..3 as bits 2..0
+  uint8_t len7 = 0;          // the 7-bit length field as sent
+  uint8_t header_bytes = 0;  // 2..14, once the first two bytes are known
+  bool fin = false;
+  bool masked = false;
+  bool length_known = false; // payload_bytes is final
+  uint8_t mask_key[4] = {};
+  bool is_control() const { return opcode & 0x08; }
+};
+
+enum class FrameHeaderStatus : uint8_t {
+  need_more,  // fewer than header_bytes: the fields known so far are set
+  complete,   // a whole header: every field is set
+  invalid,    // a length not in its minimal encoding, or with the top bit set
+};
+
+// Decodes the header at the start of data[0, n), incrementally: call again
+// with more bytes until it is complete. The length encoding is checked as
+// soon as it is known (RFC 6455 5.2), before the mask key arrives.
+FrameHeaderStatus decode_frame_header(const uint8_t* data, size_t n, FrameHeader& out);
 
 class FrameRef;
 
@@ -35,9 +78,9 @@ class Frame {
   static constexpr size_t offsetof_bytes = 16;  // where the bytes start; checked in frame.cpp
   // The payload, after the header this frame was encoded with.
   std::string_view payload() const {
-    const uint8_t len7 = data()[1] & 0x7F;
-    const size_t header = len7 < 126 ? 2 : len7 == 126 ? 4 : 10;
-    return view().substr(header);
+    FrameHeader h;
+    decode_frame_header(data(), size_, h);
+    return view().substr(h.header_bytes);
   }
   // What this frame costs in memory: its one malloc chunk (the fields, the
   // header slot and the bytes, rounded as glibc's allocator does). A 2-byte

@@ -69,25 +69,17 @@ class ServerStreamChecker {
  private:
   bool take_frame() {
     if (closed_ || pending_.size() < 2) return false;
-    const auto b = [&](size_t i) { return uint8_t(pending_[i]); };
-    const uint8_t op = b(0) & 0x0F;
-    FUZZ_CHECK((b(0) & 0xF0) == 0x80);  // FIN, no RSV bits: the server never fragments
-    FUZZ_CHECK((b(1) & 0x80) == 0);     // never masked (RFC 6455 5.1)
+    wsgate::FrameHeader h;
+    const auto status =
+        wsgate::decode_frame_header(reinterpret_cast<const uint8_t*>(pending_.data()), pending_.size(), h);
+    FUZZ_CHECK(status != wsgate::FrameHeaderStatus::invalid);  // minimal length encoding (RFC 6455 5.2)
+    if (status == wsgate::FrameHeaderStatus::need_more) return false;
+    const uint8_t op = h.opcode;
+    FUZZ_CHECK(h.fin && h.rsv == 0);  // FIN, no RSV bits: the server never fragments
+    FUZZ_CHECK(!h.masked);            // never masked (RFC 6455 5.1)
     FUZZ_CHECK(op == 0x1 || op == 0x8 || op == 0x9 || op == 0xA);
-    uint64_t len = b(1) & 0x7F;
-    size_t header = 2;
-    if (len == 126) {
-      if (pending_.size() < 4) return false;
-      len = (uint64_t(b(2)) << 8) | b(3);
-      FUZZ_CHECK(len >= 126);  // minimal length encoding (RFC 6455 5.2)
-      header = 4;
-    } else if (len == 127) {
-      if (pending_.size() < 10) return false;
-      len = 0;
-      for (int i = 0; i < 8; ++i) len = (len << 8) | b(2 + i);
-      FUZZ_CHECK(len > 0xFFFF && len < (uint64_t(1) << 63));
-      header = 10;
-    }
+    const uint64_t len = h.payload_bytes;
+    const size_t header = h.header_bytes;
     if (op >= 0x8) FUZZ_CHECK(len <= 125);
     if (op == 0x8) FUZZ_CHECK(len != 1);  // empty, or a code and a reason
     if (pending_.size() < header + len) return false;

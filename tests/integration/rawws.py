@@ -58,6 +58,50 @@ def mask_bytes(payload, key):
     return (int.from_bytes(payload, "big") ^ int.from_bytes(k, "big")).to_bytes(n, "big")
 
 
+def decode_header(buf):
+    """The header at the start of buf, or None if buf holds less of it:
+    (fin, rsv, opcode, masked, payload_length, mask_key or None, header_length).
+    The one frame-header decoder of the Python tools and tests."""
+    if len(buf) < 2:
+        return None
+    b0, b1 = buf[0], buf[1]
+    n = b1 & 0x7F
+    pos = 2
+    if n == 126:
+        if len(buf) < 4:
+            return None
+        n = struct.unpack("!H", buf[2:4])[0]
+        pos = 4
+    elif n == 127:
+        if len(buf) < 10:
+            return None
+        n = struct.unpack("!Q", buf[2:10])[0]
+        pos = 10
+    masked = bool(b1 & 0x80)
+    key = None
+    if masked:
+        if len(buf) < pos + 4:
+            return None
+        key = bytes(buf[pos:pos + 4])
+        pos += 4
+    return bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0xF, masked, n, key, pos
+
+
+def decode_frame(buf):
+    """(Frame, bytes consumed) for the whole frame at the start of buf, or
+    None if it is not all there yet."""
+    h = decode_header(buf)
+    if h is None:
+        return None
+    fin, rsv, opcode, masked, n, key, pos = h
+    if len(buf) < pos + n:
+        return None
+    payload = bytes(buf[pos:pos + n])
+    if masked:
+        payload = mask_bytes(payload, key)
+    return Frame(fin, rsv, opcode, masked, payload), pos + n
+
+
 def close_payload(code=None, reason=b""):
     if code is None:
         return b""
@@ -192,38 +236,17 @@ class RawWS:
             raise Closed("EOF")
         self.buf += chunk
 
-    def _need(self, n, deadline):
-        while len(self.buf) < n:
-            self._fill(deadline)
-
     def recv_frame(self, timeout=None):
         """The next frame from the server. Raises socket.timeout after the
         deadline, Closed on EOF/reset."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
-        self._need(2, deadline)
-        b0, b1 = self.buf[0], self.buf[1]
-        n = b1 & 0x7F
-        pos = 2
-        if n == 126:
-            self._need(4, deadline)
-            n = struct.unpack("!H", self.buf[2:4])[0]
-            pos = 4
-        elif n == 127:
-            self._need(10, deadline)
-            n = struct.unpack("!Q", self.buf[2:10])[0]
-            pos = 10
-        masked = bool(b1 & 0x80)
-        key = None
-        if masked:
-            self._need(pos + 4, deadline)
-            key = self.buf[pos:pos + 4]
-            pos += 4
-        self._need(pos + n, deadline)
-        payload = self.buf[pos:pos + n]
-        self.buf = self.buf[pos + n:]
-        if masked:
-            payload = mask_bytes(payload, key)
-        return Frame(bool(b0 & 0x80), (b0 >> 4) & 7, b0 & 0xF, masked, payload)
+        while True:
+            got = decode_frame(self.buf)
+            if got is not None:
+                frame, used = got
+                self.buf = self.buf[used:]
+                return frame
+            self._fill(deadline)
 
     def recv_data(self, timeout=None, answer_pings=True):
         """Next text/binary/close frame; pings are answered (or skipped) and

@@ -2,6 +2,9 @@
 
 #include <gtest/gtest.h>
 
+#include <cstring>
+#include <string>
+
 #include "wsgate/outbox.hpp"
 
 namespace wsgate {
@@ -16,6 +19,71 @@ TEST(Frame, HeaderLengthsFollowRfc6455Section5_2) {
     EXPECT_EQ(len7 & 0x80, 0);  // server frames are never masked (5.1)
     EXPECT_EQ(len7, n < 126 ? n : n <= 0xFFFF ? 126 : 127);
   }
+}
+
+// The codec round-trips both kinds of frame at every length boundary, and
+// the decoder answers need_more for every strict prefix of a header.
+TEST(FrameCodec, EncodeDecodeRoundTripServerAndClientHeaders) {
+  const uint8_t key[4] = {0x11, 0x22, 0x33, 0x44};
+  for (size_t n : {0u, 1u, 125u, 126u, 65535u, 65536u, 1u << 20}) {
+    for (bool masked : {false, true}) {
+      uint8_t hdr[any_frame_header_max_bytes];
+      const size_t len = masked ? encode_masked_frame_header(hdr, Opcode::ping, n, key)
+                                : encode_frame_header(hdr, Opcode::ping, n);
+      ASSERT_EQ(len, frame_header_bytes(n, masked));
+      for (size_t k = 0; k < len; ++k) {
+        FrameHeader h;
+        EXPECT_EQ(decode_frame_header(hdr, k, h), FrameHeaderStatus::need_more) << n << " " << k;
+      }
+      FrameHeader h;
+      ASSERT_EQ(decode_frame_header(hdr, len, h), FrameHeaderStatus::complete);
+      EXPECT_TRUE(h.fin);
+      EXPECT_EQ(h.rsv, 0);
+      EXPECT_EQ(h.opcode, uint8_t(Opcode::ping));
+      EXPECT_EQ(h.masked, masked);
+      EXPECT_EQ(h.payload_bytes, n);
+      EXPECT_EQ(h.header_bytes, len);
+      if (masked) {
+        EXPECT_EQ(std::memcmp(h.mask_key, key, 4), 0);
+      }
+    }
+  }
+}
+
+TEST(FrameCodec, MaskingIsItsOwnInverseAcrossSplitWrites) {
+  const uint8_t key[4] = {1, 2, 3, 4};
+  std::string text = "hello, masked world";
+  std::string wire = text;
+  auto* p = reinterpret_cast<uint8_t*>(wire.data());
+  apply_frame_mask(p, 5, key);
+  apply_frame_mask(p + 5, wire.size() - 5, key, 5);  // continues the key where it stopped
+  EXPECT_NE(wire, text);
+  apply_frame_mask(p, wire.size(), key);
+  EXPECT_EQ(wire, text);
+}
+
+TEST(FrameCodec, FragmentAndRsvBitsAreReported) {
+  const uint8_t key[4] = {};
+  uint8_t hdr[any_frame_header_max_bytes];
+  encode_masked_frame_header(hdr, Opcode::text, 3, key, /*fin=*/false);
+  hdr[0] |= 0x40;  // RSV1
+  FrameHeader h;
+  ASSERT_EQ(decode_frame_header(hdr, 6, h), FrameHeaderStatus::complete);
+  EXPECT_FALSE(h.fin);
+  EXPECT_EQ(h.rsv, 4);
+}
+
+// RFC 6455 5.2: the minimal encoding, and the top bit of a 64-bit length
+// clear; refused as soon as the length bytes are in, before the mask key.
+TEST(FrameCodec, NonMinimalOrTopBitLengthsAreInvalidEarly) {
+  FrameHeader h;
+  const uint8_t ext16[] = {0x81, 0x80 | 126, 0x00, 125};
+  EXPECT_EQ(decode_frame_header(ext16, 3, h), FrameHeaderStatus::need_more);
+  EXPECT_EQ(decode_frame_header(ext16, 4, h), FrameHeaderStatus::invalid);
+  const uint8_t ext64[] = {0x81, 127, 0, 0, 0, 0, 0, 0, 0xFF, 0xFF};
+  EXPECT_EQ(decode_frame_header(ext64, 10, h), FrameHeaderStatus::invalid);
+  const uint8_t top[] = {0x81, 127, 0x80, 0, 0, 0, 0, 1, 0, 0};
+  EXPECT_EQ(decode_frame_header(top, 10, h), FrameHeaderStatus::invalid);
 }
 
 TEST(Frame, BuilderPlacesTheHeaderRightBeforeAShorterPayload) {

@@ -130,6 +130,27 @@ TEST(Sim, ScenarioBroadcast) {
   EXPECT_GT(r.stats.broadcast_obligations, 100000u);
 }
 
+// The clients speak WebSocket to each node's session layer, as browsers
+// speak to the server: the nodes' wslay answers the clients' pings, the
+// clients answer the heartbeat, close handshakes complete through the
+// session, vanished clients are closed by the close timeout, and no client
+// frame is ever refused as a protocol error.
+TEST(Sim, ClientsSpeakWebSocketThroughTheSessionLayer) {
+  SimOptions o = small(3);
+  o.duration_ms = 8000;
+  o.faults = parse_faults("vanish,drain,crash,restart");
+  const SimResult r = run(o);
+  EXPECT_TRUE(r.ok()) << describe(o, r);
+  const SimStats& s = r.stats;
+  EXPECT_GT(s.client_pings, 0u);
+  EXPECT_GT(s.client_pongs_received, 0u);
+  EXPECT_GT(s.server_pings_answered, 0u);
+  EXPECT_GT(s.close_handshakes, 0u);
+  EXPECT_GT(s.vanishes, 0u);
+  EXPECT_GT(s.close_timeouts, 0u);  // a vanished client never answers our close
+  EXPECT_EQ(s.protocol_error_closes, 0u);
+}
+
 // CI's sweep: 200 short seeds with every fault (about 4 s of CPU).
 TEST(Sim, SweepOf200Seeds) {
   SimOptions o = small(1);

@@ -2,6 +2,7 @@
 // Helpers for driving the core in unit tests: read back what a connection
 // would receive, as text, and drain it like a driver would.
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "wsgate/gateway.hpp"
@@ -31,22 +32,27 @@ inline std::vector<ReceivedFrame> drain(Gateway& gw, ConnId id) {
   }
   std::vector<ReceivedFrame> frames;
   size_t p = 0;
-  while (p + 2 <= bytes.size()) {
-    const uint8_t op = uint8_t(bytes[p]) & 0x0F;
-    uint64_t len = uint8_t(bytes[p + 1]) & 0x7F;
-    p += 2;
-    if (len == 126) {
-      len = (uint64_t(uint8_t(bytes[p])) << 8) | uint8_t(bytes[p + 1]);
-      p += 2;
-    } else if (len == 127) {
-      len = 0;
-      for (int i = 0; i < 8; ++i) len = (len << 8) | uint8_t(bytes[p + i]);
-      p += 8;
-    }
-    frames.push_back({op, bytes.substr(p, len)});
-    p += len;
+  FrameHeader h;
+  while (decode_frame_header(reinterpret_cast<const uint8_t*>(bytes.data()) + p, bytes.size() - p, h) ==
+         FrameHeaderStatus::complete) {
+    p += h.header_bytes;
+    frames.push_back({h.opcode, bytes.substr(p, h.payload_bytes)});
+    p += h.payload_bytes;
   }
   return frames;
+}
+
+// A masked client frame (RFC 6455 5.3: clients must mask), from the codec.
+// rsv: raw RSV bits of byte 0 (0x40 = RSV1); opcode may be a reserved one.
+inline std::string client_frame(uint8_t opcode, std::string_view payload, bool fin = true, uint8_t rsv = 0) {
+  const uint8_t mask[4] = {0x11, 0x22, 0x33, 0x44};
+  uint8_t hdr[any_frame_header_max_bytes];
+  const size_t h = encode_masked_frame_header(hdr, Opcode(opcode), payload.size(), mask, fin);
+  hdr[0] |= rsv;
+  std::string f(reinterpret_cast<const char*>(hdr), h);
+  f.append(payload);
+  apply_frame_mask(reinterpret_cast<uint8_t*>(f.data()) + h, payload.size(), mask);
+  return f;
 }
 
 // Payloads of the text frames queued for id.

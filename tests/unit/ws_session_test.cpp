@@ -11,22 +11,7 @@ namespace {
 
 using test::drain;
 
-// A masked client frame (RFC 6455 5.3: clients must mask).
-std::string client_frame(uint8_t opcode, std::string_view payload, bool fin = true, uint8_t rsv = 0) {
-  std::string f;
-  f += char((fin ? 0x80 : 0) | rsv | opcode);
-  const uint8_t mask[4] = {0x11, 0x22, 0x33, 0x44};
-  if (payload.size() < 126) {
-    f += char(0x80 | payload.size());
-  } else {
-    f += char(0x80 | 126);
-    f += char(payload.size() >> 8);
-    f += char(payload.size() & 0xFF);
-  }
-  f.append(reinterpret_cast<const char*>(mask), 4);
-  for (size_t i = 0; i < payload.size(); ++i) f += char(payload[i] ^ mask[i % 4]);
-  return f;
-}
+using test::client_frame;
 
 std::string close_payload(uint16_t code, std::string_view reason = {}) {
   std::string p{char(code >> 8), char(code & 0xFF)};
