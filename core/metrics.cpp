@@ -1,4 +1,5 @@
 #include "wsgate/metrics.hpp"
+#include "wsgate/prometheus_writer.hpp"
 
 #include <string_view>
 
@@ -51,43 +52,10 @@ const char* message_type_name(MessageType t) {
   return "unknown";
 }
 
-namespace {
-
-// Label values come from our own enums and the node id; the node id is the
-// only free text, so it alone is escaped.
-void append_escaped_label(std::string& out, std::string_view v) {
-  for (char c : v) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') { out += "\\n"; continue; }
-    out += c;
-  }
-}
-
-struct Writer {
-  std::string& out;
-  std::string_view node;
-  void header(const char* name, const char* type, const char* help) {
-    out += "# HELP "; out += name; out += ' '; out += help; out += '\n';
-    out += "# TYPE "; out += name; out += ' '; out += type; out += '\n';
-  }
-  void sample(const char* name, uint64_t v, const char* label = nullptr, const char* value = nullptr) {
-    out += name;
-    out += "{node_id=\"";
-    append_escaped_label(out, node);
-    out += '"';
-    if (label) { out += ','; out += label; out += "=\""; out += value; out += '"'; }
-    out += "} ";
-    out += std::to_string(v);
-    out += '\n';
-  }
-};
-
-}  // namespace
-
 std::string Metrics::render_prometheus(std::string_view node_id) const {
   std::string out;
   out.reserve(4096);
-  Writer w{out, node_id};
+  PrometheusWriter w{out, node_id};
   w.header("wsgate_connections_open", "gauge", "WebSocket connections currently open.");
   w.sample("wsgate_connections_open", connections_open);
   w.header("wsgate_connections_accepted_total", "counter", "WebSocket upgrades completed.");
@@ -146,6 +114,29 @@ std::string Metrics::render_prometheus(std::string_view node_id) const {
   w.header("wsgate_queued_memory_bytes", "gauge", "Memory of every frame queued to client connections (a shared frame counted once).");
   w.sample("wsgate_queued_memory_bytes", queued_memory_bytes);
   return out;
+}
+
+// Label values come from our own enums and the node id; the node id is the
+// only free text, so it alone is escaped.
+void PrometheusWriter::header(std::string_view name, std::string_view type, std::string_view help) {
+  out_.append("# HELP ").append(name).append(" ").append(help).append("\n");
+  out_.append("# TYPE ").append(name).append(" ").append(type).append("\n");
+}
+
+void PrometheusWriter::sample(std::string_view name, uint64_t value, std::string_view label,
+                              std::string_view label_value) {
+  out_.append(name).append("{node_id=\"");
+  for (char c : node_) {
+    if (c == '\\' || c == '"') out_ += '\\';
+    if (c == '\n') {
+      out_ += "\\n";
+      continue;
+    }
+    out_ += c;
+  }
+  out_ += '"';
+  if (!label.empty()) out_.append(",").append(label).append("=\"").append(label_value).append("\"");
+  out_.append("} ").append(std::to_string(value)).append("\n");
 }
 
 }  // namespace wsgate

@@ -41,6 +41,7 @@
 #include "user_data.hpp"
 #include "wsgate/gateway.hpp"
 #include "wsgate/handshake.hpp"
+#include "wsgate/prometheus_writer.hpp"
 #include "local_transport.hpp"
 #include "shm_bus.hpp"
 
@@ -123,7 +124,7 @@ class EventLoop final : private RedisIo {
   // --- the transport (event_loop_transport.cpp) -----------------------------
   std::unique_ptr<Transport> make_transport();
   uint64_t next_transport_deadline_ms() const;
-  std::string render_shm_metrics(const std::string& label) const;
+  void render_shm_metrics(PrometheusWriter& w) const;
   // RedisIo: the Redis transport's two TCP links, on this ring.
   void redis_connect(RedisLink link) override;
   void redis_want_write(RedisLink link) override;
@@ -134,7 +135,7 @@ class EventLoop final : private RedisIo {
   void arm_resolver_read();
   void connect_next_address(RedisLink link);
   void log_redis_connect_failure(const std::string& line);
-  void render_redis_metrics(std::string& out, const std::string& label) const;
+  void render_redis_metrics(PrometheusWriter& w) const;
   void flush_redis();
   void fail_redis_link(RedisLink link);
   void arm_redis_recv(RedisLink link);

@@ -11,21 +11,6 @@
 #include "log.hpp"
 
 namespace wsgate::server {
-namespace {
-
-void append_label_value(std::string& out, std::string_view v) {
-  for (char c : v) {
-    if (c == '\\' || c == '"') out += '\\';
-    if (c == '\n') {
-      out += "\\n";
-      continue;
-    }
-    out += c;
-  }
-}
-
-}  // namespace
-
 void EventLoop::handle_http_bytes(Socket& s, uint32_t index, const uint8_t* data, size_t n) {
   if (!s.http) s.http = std::make_unique<HttpState>();
   HttpState& h = *s.http;
@@ -155,34 +140,26 @@ void EventLoop::respond(Socket& s, uint32_t index, uint16_t status, std::string_
 
 std::string EventLoop::render_metrics() const {
   std::string out = gateway_.metrics().render_prometheus(options_.node_id);
-  std::string label = "{node_id=\"";
-  append_label_value(label, options_.node_id);
-  label += "\"} ";
-  out += "# HELP wsgate_recv_buffers_exhausted_total Multishot receives stopped because every "
-         "provided receive buffer was in use (re-armed).\n"
-         "# TYPE wsgate_recv_buffers_exhausted_total counter\n"
-         "wsgate_recv_buffers_exhausted_total" + label + std::to_string(recv_buffers_exhausted_total_) + "\n";
-  out += "# HELP wsgate_pending_handshakes Sockets accepted and not yet upgraded (reading a request "
-         "head or writing a plain response).\n"
-         "# TYPE wsgate_pending_handshakes gauge\n"
-         "wsgate_pending_handshakes" + label + std::to_string(http_sockets_) + "\n";
-  out += "# HELP wsgate_handshakes_evicted_total Pending handshakes closed to make room at "
-         "--max-pending-handshakes (the oldest first).\n"
-         "# TYPE wsgate_handshakes_evicted_total counter\n"
-         "wsgate_handshakes_evicted_total" + label + std::to_string(handshakes_evicted_total_) + "\n";
-  out += "# HELP wsgate_io_uring_sq_full_total Submissions that found the io_uring submission queue "
-         "full and submitted it first.\n"
-         "# TYPE wsgate_io_uring_sq_full_total counter\n"
-         "wsgate_io_uring_sq_full_total" + label + std::to_string(sq_full_total_) + "\n";
-  out += "# HELP wsgate_io_uring_sq_refused_total Submissions the kernel refused (completion queue "
-         "backed up); completions were set aside and it was retried.\n"
-         "# TYPE wsgate_io_uring_sq_refused_total counter\n"
-         "wsgate_io_uring_sq_refused_total" + label + std::to_string(sq_busy_total_) + "\n";
-  out += "# HELP wsgate_sockets_in_use Sockets held by the event loop (handshakes included).\n"
-         "# TYPE wsgate_sockets_in_use gauge\n"
-         "wsgate_sockets_in_use" + label + std::to_string(sockets_.in_use()) + "\n";
-  out += render_shm_metrics(label);
-  render_redis_metrics(out, label);
+  PrometheusWriter w{out, options_.node_id};
+  w.metric("wsgate_recv_buffers_exhausted_total", "counter",
+           "Multishot receives stopped because every provided receive buffer was in use (re-armed).",
+           recv_buffers_exhausted_total_);
+  w.metric("wsgate_pending_handshakes", "gauge",
+           "Sockets accepted and not yet upgraded (reading a request head or writing a plain response).",
+           http_sockets_);
+  w.metric("wsgate_handshakes_evicted_total", "counter",
+           "Pending handshakes closed to make room at --max-pending-handshakes (the oldest first).",
+           handshakes_evicted_total_);
+  w.metric("wsgate_io_uring_sq_full_total", "counter",
+           "Submissions that found the io_uring submission queue full and submitted it first.", sq_full_total_);
+  w.metric("wsgate_io_uring_sq_refused_total", "counter",
+           "Submissions the kernel refused (completion queue backed up); completions were set aside and it was "
+           "retried.",
+           sq_busy_total_);
+  w.metric("wsgate_sockets_in_use", "gauge", "Sockets held by the event loop (handshakes included).",
+           sockets_.in_use());
+  render_shm_metrics(w);
+  render_redis_metrics(w);
   return out;
 }
 

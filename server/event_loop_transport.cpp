@@ -68,24 +68,19 @@ std::unique_ptr<Transport> EventLoop::make_transport() {
 
 // The shm bus's counters: a full presence table refuses entries (bounded)
 // and says so here, not silently.
-std::string EventLoop::render_shm_metrics(const std::string& label) const {
-  if (!shm_) return {};
+void EventLoop::render_shm_metrics(PrometheusWriter& w) const {
+  if (!shm_) return;
   const ShmTransportCounters& c = shm_->counters();
-  std::string out;
-  auto add = [&](const char* name, const char* type, const char* help, uint64_t value) {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " " + type + "\n" + name + label +
-           std::to_string(value) + "\n";
-  };
-  add("wsgate_shm_presence_refused_total", "counter",
-      "Presence entries of this node not written: the segment's presence table was full (or the user id too long).",
-      c.presence_refused);
-  add("wsgate_shm_presence_max_entries", "gauge", "Capacity of the segment's presence table ((user, node) pairs).",
-      shm_->max_presence_entries());
-  add("wsgate_shm_subscriptions_refused_total", "counter", "Subscriptions refused past the per-node maximum.",
-      c.subscriptions_refused);
-  add("wsgate_shm_backpressure_total", "counter", "Publishes refused because a subscriber's ring was full.",
-      c.backpressure);
-  return out;
+  w.metric("wsgate_shm_presence_refused_total", "counter",
+           "Presence entries of this node not written: the segment's presence table was full (or the user id too "
+           "long).",
+           c.presence_refused);
+  w.metric("wsgate_shm_presence_max_entries", "gauge", "Capacity of the segment's presence table ((user, node) pairs).",
+           shm_->max_presence_entries());
+  w.metric("wsgate_shm_subscriptions_refused_total", "counter", "Subscriptions refused past the per-node maximum.",
+           c.subscriptions_refused);
+  w.metric("wsgate_shm_backpressure_total", "counter", "Publishes refused because a subscriber's ring was full.",
+           c.backpressure);
 }
 
 uint64_t EventLoop::next_transport_deadline_ms() const {
@@ -205,33 +200,26 @@ void EventLoop::redis_report_error(std::string_view line) {
   log_line("wsgate redis: %.*s", int(line.size()), line.data());
 }
 
-void EventLoop::render_redis_metrics(std::string& out, const std::string& label) const {
+void EventLoop::render_redis_metrics(PrometheusWriter& w) const {
   if (!redis_) return;
   const RedisStats& st = redis_->stats();
-  auto counter = [&](const char* name, const char* help, uint64_t v) {
-    out += std::string("# HELP ") + name + " " + help + "\n# TYPE " + name + " counter\n" + name + label +
-           std::to_string(v) + "\n";
-  };
-  counter("wsgate_redis_connects_total", "Redis TCP connections established (both links).", st.connects);
-  counter("wsgate_redis_connect_failures_total",
-          "Redis connect attempts that failed (the name did not resolve, or every address refused or timed out); "
-          "the log repeats the same failure at most once a minute.",
-          redis_connect_failures_total_);
-  counter("wsgate_redis_disconnects_total", "Ready Redis links lost (closed, reset or timed out).", st.disconnects);
-  counter("wsgate_redis_link_timeouts_total",
-          "Redis links dropped because Redis answered nothing for --redis-timeout-ms.", st.link_timeouts);
-  counter("wsgate_redis_auth_failures_total", "Redis refused the password (AUTH).", st.auth_failures);
+  w.metric("wsgate_redis_connects_total", "counter", "Redis TCP connections established (both links).", st.connects);
+  w.metric("wsgate_redis_connect_failures_total", "counter",
+           "Redis connect attempts that failed (the name did not resolve, or every address refused or timed out); "
+           "the log repeats the same failure at most once a minute.",
+           redis_connect_failures_total_);
+  w.metric("wsgate_redis_disconnects_total", "counter", "Ready Redis links lost (closed, reset or timed out).",
+           st.disconnects);
+  w.metric("wsgate_redis_link_timeouts_total", "counter",
+           "Redis links dropped because Redis answered nothing for --redis-timeout-ms.", st.link_timeouts);
+  w.metric("wsgate_redis_auth_failures_total", "counter", "Redis refused the password (AUTH).", st.auth_failures);
   static constexpr const char* causes[redis_error_causes] = {"auth",    "handshake",    "subscribe",
                                                               "command", "link_timeout", "protocol"};
-  out += "# HELP wsgate_redis_errors_total Redis errors by cause (each logged at most once a minute).\n"
-         "# TYPE wsgate_redis_errors_total counter\n";
-  const std::string open = label.substr(0, label.rfind('}'));
+  w.header("wsgate_redis_errors_total", "counter", "Redis errors by cause (each logged at most once a minute).");
   for (size_t i = 0; i < redis_error_causes; ++i)
-    out += "wsgate_redis_errors_total" + open + ",cause=\"" + causes[i] + "\"} " +
-           std::to_string(st.errors_by_cause[i]) + "\n";
-  out += "# HELP wsgate_redis_presence_unwritten Users whose presence waits for room on the Redis command link.\n"
-         "# TYPE wsgate_redis_presence_unwritten gauge\n"
-         "wsgate_redis_presence_unwritten" + label + std::to_string(redis_->presence_unwritten()) + "\n";
+    w.sample("wsgate_redis_errors_total", st.errors_by_cause[i], "cause", causes[i]);
+  w.metric("wsgate_redis_presence_unwritten", "gauge",
+           "Users whose presence waits for room on the Redis command link.", redis_->presence_unwritten());
 }
 
 void EventLoop::redis_want_write(RedisLink) {}  // flush_redis looks every iteration
