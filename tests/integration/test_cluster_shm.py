@@ -42,8 +42,11 @@ async def exchange(clients, a, b, tag):
     await ca.broadcast("endb")
     await cb.broadcast("endb")
     for me, other in ((ca, cb), (cb, ca)):
+        # The other's end markers can overtake our own broadcasts (our node
+        # may not have read them yet): wait for both.
         await me.wait_for(lambda c, o=other: "end" in c.contents(sender=o.user)
-                          and "endb" in c.contents("broadcast", sender=o.user), what=f"{other.user}'s end markers")
+                          and "endb" in c.contents("broadcast", sender=o.user)
+                          and "endb" in c.contents("broadcast", sender=c.user), what=f"{other.user}'s end markers")
         assert me.contents(sender=other.user) == [{"k": k, "tag": tag} for k in range(5)] + ["end"], me.received
         for c in (me, other):  # a broadcast reaches its sender too
             assert me.contents("broadcast", sender=c.user) == [{"b": c.user}, "endb"], me.received
