@@ -76,6 +76,13 @@ int main(int argc, char** argv) {
            l.max_connections, l.max_connections_per_ip, l.ip_window_ms, l.max_message_bytes,
            l.send_queue_max_bytes, l.heartbeat_interval_ms, l.idle_timeout_ms, l.max_header_bytes,
            l.handshake_timeout_ms, l.close_timeout_ms, l.shutdown_timeout_ms);
+  log_line("wsgate limits: max_open_connections_per_ip=%u ipv6_prefix_bits=%u node_send_queue_max_bytes=%u "
+           "client_max_messages_per_s=%u (burst %u) client_max_bytes_per_s=%u (burst %u) "
+           "max_pending_handshakes=%u drain_max_closes_per_s=%u recv_pool=%ux%u bytes",
+           l.max_open_connections_per_ip, l.ipv6_prefix_bits, l.node_send_queue_max_bytes,
+           l.client_max_messages_per_s, l.client_burst_messages, l.client_max_bytes_per_s, l.client_burst_bytes,
+           l.max_pending_handshakes, l.drain_max_closes_per_s, options.buffers.recv_pool_buffers,
+           options.buffers.recv_buffer_bytes);
   if (open_files != 0 && open_files < rlim_t(loop.socket_capacity()) + 64) {
     log_line("wsgate warning: open-file limit %llu is below the socket capacity %u: accepts beyond it "
              "fail (raise ulimit -n)",
