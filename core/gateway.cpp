@@ -818,6 +818,26 @@ std::string Gateway::render_health() const {
   return out;
 }
 
+std::string_view Gateway::not_ready_reason() const {
+  if (draining_) return "draining";
+  if (transport_ && transport_->state() != TransportState::connected) return "transport disconnected";
+  if (open_count_ >= config_.limits.max_connections) return "at max connections";
+  if (ledger_.bytes > queue_budget_refuse_bytes()) return "send-queue budget";
+  return {};
+}
+
+std::string Gateway::render_ready() const {
+  const std::string_view why = not_ready_reason();
+  std::string out = why.empty() ? R"({"ready":true,"node_id":)" : R"({"ready":false,"node_id":)";
+  append_json_string(out, config_.node_id);
+  if (!why.empty()) {
+    out += R"(,"reason":)";
+    append_json_string(out, why);
+  }
+  out += '}';
+  return out;
+}
+
 // The tables that describe one connection (its slot, its user's list, the
 // dirty and close queues, its outbox) and the cluster tables must agree;
 // if they do not, serving on is worse than stopping. Ordered from cheap to

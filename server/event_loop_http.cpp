@@ -37,6 +37,9 @@ void EventLoop::handle_request(Socket& s, uint32_t index, const RequestHead& hea
       return upgrade(s, index, head);
     case Route::health:
       return respond(s, index, 200, "application/json", gateway_.render_health());
+    case Route::ready:
+      return respond(s, index, gateway_.not_ready_reason().empty() ? 200 : 503, "application/json",
+                     gateway_.render_ready());
     case Route::metrics:
       return respond(s, index, 200, "text/plain; version=0.0.4", render_metrics());
     case Route::method_not_allowed:

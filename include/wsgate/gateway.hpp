@@ -159,6 +159,13 @@ class Gateway : private TransportSink {
   Metrics& metrics() { return metrics_; }
   const Metrics& metrics() const { return metrics_; }
   std::string render_health() const;
+  // Readiness (GET /ready): may a load balancer send new clients here?
+  // Not while draining, while the transport is down (at start-up too: a
+  // node is not ready before its first connection to the others), at
+  // max_connections, or while the queue budget refuses upgrades. Empty
+  // when ready, else the reason, for the 503's body.
+  std::string_view not_ready_reason() const;
+  std::string render_ready() const;
   bool is_draining() const { return draining_; }
   DrainStatus drain_status(uint64_t now_ms) const;
   // The cluster as this node sees it from load reports (itself included).

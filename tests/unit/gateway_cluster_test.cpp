@@ -465,5 +465,32 @@ TEST_F(Cluster, EmptyNodeDrainsAtOnce) {
   EXPECT_EQ(a.gateway.drain_status(now), DrainStatus::complete);
 }
 
+// /ready tells a load balancer whether to send new clients here: not to a
+// node cut off from the others, a full one, or one that drains.
+TEST_F(Cluster, ReadyOnlyWhenConnectedWithRoomAndNotDraining) {
+  Limits limits;
+  limits.max_connections = 1;
+  Node& a = add("A", limits);
+  settle();
+  EXPECT_EQ(a.gateway.not_ready_reason(), "");
+  EXPECT_EQ(a.gateway.render_ready(), R"({"ready":true,"node_id":"A"})");
+
+  bus.set_available(false);
+  a.transport.poll(now);
+  EXPECT_EQ(a.gateway.not_ready_reason(), "transport disconnected");
+  bus.set_available(true);
+  a.transport.poll(now);
+  EXPECT_EQ(a.gateway.not_ready_reason(), "");
+
+  const ConnId c = a.gateway.handle_open("u", now);
+  EXPECT_EQ(a.gateway.not_ready_reason(), "at max connections");
+  a.gateway.handle_closed(c);
+  EXPECT_EQ(a.gateway.not_ready_reason(), "");
+
+  a.gateway.handle_drain(now, now + 5000);
+  EXPECT_EQ(a.gateway.not_ready_reason(), "draining");
+  EXPECT_EQ(a.gateway.render_ready(), R"({"ready":false,"node_id":"A","reason":"draining"})");
+}
+
 }  // namespace
 }  // namespace wsgate
