@@ -5,9 +5,13 @@
 #include <sys/resource.h>
 
 #include <cstdio>
+#include <algorithm>
 #include <cstdlib>
+#include <string_view>
+#include <vector>
 
 #include "event_loop.hpp"
+#include "health_check.hpp"
 #include "io_uring_probe.hpp"
 #include "log.hpp"
 #include "options.hpp"
@@ -31,7 +35,15 @@ rlim_t raise_open_file_limit() {
 }  // namespace
 
 int main(int argc, char** argv) {
-  const OptionsOutcome parsed = parse_options(argc, argv, [](const char* name) { return std::getenv(name); });
+  // --health-check takes no value: taken out here, the rest parsed as usual
+  // (so it asks the host and port the node itself would listen on).
+  std::vector<const char*> args(argv, argv + argc);
+  const auto probe = std::find_if(args.begin(), args.end(),
+                                  [](const char* a) { return std::string_view(a) == "--health-check"; });
+  const bool health_check = probe != args.end();
+  if (health_check) args.erase(probe);
+  const OptionsOutcome parsed =
+      parse_options(int(args.size()), args.data(), [](const char* name) { return std::getenv(name); });
   if (parsed.kind == OptionsOutcome::Kind::help) {
     std::fputs(parsed.message.c_str(), stdout);
     return 0;
@@ -41,6 +53,13 @@ int main(int argc, char** argv) {
     return parsed.exit_code();
   }
   const ServerOptions& options = parsed.options;
+  if (health_check) {
+    constexpr uint32_t health_check_timeout_ms = 3000;
+    std::string why;
+    const int status = run_health_check(options.host, options.port, health_check_timeout_ms, why);
+    if (status != 0) log_line("wsgate --health-check: %s", why.c_str());
+    return status;
+  }
 
   // SIGTERM and SIGINT are read from a signalfd by the loop; blocked from
   // the start, one that arrives during start-up waits there instead of

@@ -547,7 +547,9 @@ std::string options_help() {
   for (const BufferFlag& f : buffer_flags) {
     row(std::string(f.flag) + " N", f.help, default_text(f) + " " + f.unit, f.env);
   }
-  h += "\n  --help                            print this text and exit\n";
+  h += "\n  --health-check                    ask the node at --host/--port (wildcards: loopback) for GET /health;\n"
+       "                                    exit 0 if it answers 200 within 3 s, else 1 (a container HEALTHCHECK)\n";
+  h += "  --help                            print this text and exit\n";
   return h;
 }
 

@@ -57,3 +57,29 @@ def test_not_ready_while_draining_but_alive(start_server):
     assert health["connections"] > 0  # still draining: the closes are paced
     for c in clients:
         c.close()
+
+
+# --- wsgate --health-check: a container HEALTHCHECK without shell tools -----
+
+def health_check(*flags):
+    import subprocess
+    from wsgate_fixture import wsgate_bin
+    return subprocess.run([wsgate_bin(), "--health-check", *flags], capture_output=True, text=True, timeout=20)
+
+
+def test_health_check_exits_0_for_a_live_node(start_server):
+    s = start_server("--host", "0.0.0.0")
+    r = health_check("--host", "0.0.0.0", "--port", str(s.port))  # a wildcard is asked on loopback
+    assert r.returncode == 0, r.stderr
+
+
+def test_health_check_exits_1_naming_why(start_server):
+    r = health_check("--port", str(free_port()))
+    assert r.returncode == 1 and "refused" in r.stderr, r.stderr
+    # A listener that never answers (a hung node) fails too, within its bound.
+    import socket
+    with socket.socket() as hung:
+        hung.bind(("127.0.0.1", 0))
+        hung.listen(1)
+        r = health_check("--port", str(hung.getsockname()[1]))
+    assert r.returncode == 1 and "no answer" in r.stderr, r.stderr
